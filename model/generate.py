@@ -9,7 +9,7 @@ import torch
 
 from model.attention import KVCache
 from model.encoders import Media
-from model.tokenizer import EOS_ID, Tokenizer
+from model.tokenizer import EOS_ID, NEVER_GENERATED_IDS, Tokenizer
 from model.transformer import Transformer
 
 
@@ -36,7 +36,7 @@ class SamplingParams:
 @dataclass
 class Generation:
     token_ids: list[int]
-    logprobs: list[float]  # log p of each generated token under the unmodified distribution
+    logprobs: list[float]  # log p of each token before temperature/top-p (media tokens excluded)
     text: str
     finish_reason: str  # "stop" (stop sequence or end of sequence) | "length"
     prompt_tokens: int = 0
@@ -94,6 +94,7 @@ def generate(model: Transformer, tokenizer: Tokenizer, prompt_ids: list[int],
     tops: list[dict[int, float]] = []
     finish, stop_at = "length", None
     for _ in range(params.max_new_tokens):
+        logits[:, NEVER_GENERATED_IDS] = float("-inf")
         logp = logits.log_softmax(-1)  # (1, V)
         token = sample_next(logits, params.temperature, params.top_p, generator)  # (1,)
         tok = int(token)

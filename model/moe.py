@@ -60,8 +60,10 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, RoutingStats]:
         """x (N, D) -> top-k expert ids (N, k), their renormalised weights (N, k), stats."""
-        # float32 routing: softmax and logsumexp over bf16 logits flip top-k choices and blow up z-loss
-        logits = F.linear(x.float(), self.weight.float())  # (N, E)
+        # float32 routing: softmax and logsumexp over bf16 logits flip top-k choices and blow up
+        # z-loss, so autocast is switched off here
+        with torch.autocast(x.device.type, enabled=False):
+            logits = F.linear(x.float(), self.weight.float())  # (N, E)
         probs = logits.softmax(dim=-1)  # (N, E)
         top_p, top_idx = probs.topk(self.top_k, dim=-1)  # (N, k)
         top_w = top_p / top_p.sum(dim=-1, keepdim=True)

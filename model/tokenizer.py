@@ -27,6 +27,9 @@ SPECIAL_IDS = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
 PAD_ID, BOS_ID, EOS_ID = SPECIAL_IDS["<|pad|>"], SPECIAL_IDS["<|bos|>"], SPECIAL_IDS["<|eos|>"]
 PLACEHOLDER_IDS = {"image": SPECIAL_IDS["<|image|>"], "audio": SPECIAL_IDS["<|audio|>"],
                    "video": SPECIAL_IDS["<|video|>"]}
+# Outputs are text: the model never generates these (media come in, they do not go out).
+NEVER_GENERATED_IDS = [SPECIAL_IDS[t] for t in SPECIAL_TOKENS
+                       if t in ("<|pad|>", "<|bos|>") or t.startswith(("<|image", "<|audio", "<|video"))]
 
 
 class TokenizerError(ValueError):

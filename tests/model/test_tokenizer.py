@@ -1,0 +1,42 @@
+import pytest
+from tokenizers import Tokenizer as HFTokenizer
+
+from model.tokenizer import (BOS_ID, PLACEHOLDER_IDS, SPECIAL_TOKENS, Tokenizer, TokenizerError,
+                             python_docs_corpus)
+
+
+def test_round_trips_text_with_special_tokens(tokenizer):
+    text = ("<|system|>Be brief.<|end|><|user|>Wie heißt 🐍 in\tPython?\n  def f(x): return x**2"
+            "<|end|><|assistant|><|image_start|><|image|><|image_end|>")
+    ids = tokenizer.encode(text)
+    assert tokenizer.decode(ids) == text
+    for tok in ("<|user|>", "<|image|>", "<|end|>"):
+        assert SPECIAL_TOKENS.index(tok) in ids  # one id each, not split into bytes
+
+
+def test_special_ids_are_fixed_and_checked(tokenizer, tmp_path):
+    assert tokenizer.encode("x", bos=True)[0] == BOS_ID
+    assert PLACEHOLDER_IDS == {"image": 3, "audio": 4, "video": 5}
+    path = tmp_path / "tokenizer.json"
+    tokenizer.save(path)
+    again = Tokenizer.from_file(path)
+    assert again.digest() == tokenizer.digest()
+    assert again.encode("some text") == tokenizer.encode("some text")
+    # a tokenizer without longmix's special tokens at their ids is refused
+    renamed = tokenizer.to_str().replace('"<|pad|>"', '"<|nopad|>"')
+    with pytest.raises(TokenizerError, match=r"<\|pad\|> to None, longmix expects id 0"):
+        Tokenizer(HFTokenizer.from_str(renamed))
+
+
+def test_vocab_size_and_compression_on_real_text():
+    tok = Tokenizer.train(python_docs_corpus(), vocab_size=2048)
+    assert tok.vocab_size == 2048
+    sample = python_docs_corpus()[0]
+    assert len(tok.encode(sample)) < len(sample.encode()) / 2.5  # BPE actually merges
+
+
+def test_chat_prompt_refuses_unknown_roles(tokenizer):
+    prompt = tokenizer.chat_prompt([{"role": "user", "content": "hi"}])
+    assert prompt == "<|user|>hi<|end|><|assistant|>"
+    with pytest.raises(TokenizerError, match="robot"):
+        tokenizer.chat_prompt([{"role": "robot", "content": "hi"}])
