@@ -128,8 +128,3 @@ class Tokenizer:
             out.append(f"<|{role}|>{m['content']}<|end|>")
         return "".join(out) + "<|assistant|>"
 
-
-def python_docs_corpus() -> list[str]:
-    """Real English text that ships with every CPython: the pydoc topic help pages."""
-    from pydoc_data.topics import topics
-    return [topics[k] for k in sorted(topics)]

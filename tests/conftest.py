@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from model.config import get_preset
-from model.tokenizer import Tokenizer, python_docs_corpus
+from model.tokenizer import Tokenizer
+from workers.data.sources import python_docs_corpus
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,8 @@ transformers = pytest.importorskip("transformers")
 from model.checkpoint import save_checkpoint  # noqa: E402
 from model.config import get_preset  # noqa: E402
 from model.hf_export import ExportError, export_mixtral, mixtral_config, mixtral_state_dict  # noqa: E402
-from model.tokenizer import BOS_ID, EOS_ID, SPECIAL_TOKENS, Tokenizer, python_docs_corpus  # noqa: E402
+from model.tokenizer import BOS_ID, EOS_ID, SPECIAL_TOKENS, Tokenizer  # noqa: E402
+from workers.data.sources import python_docs_corpus  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
 
 

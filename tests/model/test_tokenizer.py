@@ -1,8 +1,8 @@
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
-from model.tokenizer import (BOS_ID, PLACEHOLDER_IDS, SPECIAL_TOKENS, Tokenizer, TokenizerError,
-                             python_docs_corpus)
+from model.tokenizer import BOS_ID, PLACEHOLDER_IDS, SPECIAL_TOKENS, Tokenizer, TokenizerError
+from workers.data.sources import python_docs_corpus
 
 
 def test_round_trips_text_with_special_tokens(tokenizer):

@@ -1,0 +1,158 @@
+"""The `longmix` command line."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(help="longmix: train, evaluate and deploy sparse-MoE multimodal long-context models.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+@app.command()
+def presets() -> None:
+    """List the model presets with their total and active parameter counts."""
+    from model.config import PRESETS
+
+    table = Table(title="model presets")
+    for col in ("preset", "d_model", "layers", "heads (kv)", "experts (top-k)", "context",
+                "total params", "active params"):
+        table.add_column(col, justify="right")
+    for name, cfg in PRESETS.items():
+        counts = cfg.param_counts()
+        table.add_row(name, str(cfg.d_model), str(cfg.n_layers), f"{cfg.n_heads} ({cfg.n_kv_heads})",
+                      f"{cfg.n_experts} ({cfg.top_k})", str(cfg.max_seq_len),
+                      f"{counts['total'] / 1e6:.1f}M", f"{counts['active'] / 1e6:.1f}M")
+    console.print(table)
+
+
+@app.command()
+def train(
+    preset: str = typer.Option("small", help="model preset (see `longmix presets`)"),
+    steps: int = typer.Option(300, help="optimizer steps"),
+    seq_len: int = typer.Option(256, help="tokens per packed training sequence"),
+    batch_size: int = typer.Option(16, help="sequences per step"),
+    lr: float = typer.Option(2e-3, help="peak learning rate"),
+    max_minutes: float = typer.Option(10.0, help="stop early after this long (still saves)"),
+    corpus_mb: float = typer.Option(3.0, help="MB of standard-library source to train on, besides the docs"),
+    out: Path = typer.Option(Path(".longmix/runs"), help="where the run folder goes"),
+) -> None:
+    """Train a preset in this process on Python's own docs and standard library, then report."""
+    import torch
+
+    from workers.train.local import LocalTrainConfig, train_local
+
+    torch.set_num_threads(torch.get_num_threads())
+    try:
+        cfg = LocalTrainConfig(preset=preset, steps=steps, seq_len=seq_len, batch_size=batch_size,
+                               lr=lr, max_minutes=max_minutes, corpus_bytes=int(corpus_mb * 1e6))
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    run_dir = out / time.strftime("train-%Y%m%d-%H%M%S")
+    console.print(f"[bold]longmix train[/] preset={preset} steps={steps} seq_len={seq_len} "
+                  f"batch={batch_size} -> {run_dir}")
+    console.print("building the corpus and training the tokenizer ...")
+    with Progress(TextColumn("[bold blue]train"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]:.3f}  val {task.fields[val]}  "
+                             "{task.fields[tps]:.0f} tok/s"), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("train", total=steps, loss=float("nan"), val="-", tps=0.0)
+        started = time.perf_counter()
+        seen = {"tokens": 0}
+
+        def on_step(step, result, val_loss):
+            seen["tokens"] += result.tokens
+            fields = {"loss": result.loss, "tps": seen["tokens"] / (time.perf_counter() - started)}
+            if val_loss is not None:
+                fields["val"] = f"{val_loss:.3f}"
+            progress.update(task, advance=1, **fields)
+
+        summary = train_local(cfg, run_dir, on_step)
+    print_train_summary(summary)
+
+
+def print_train_summary(summary) -> None:
+    table = Table(title=f"trained {summary.preset}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    p = summary.parameters
+    rows = [
+        ("parameters", f"{p['total'] / 1e6:.1f}M total, {p['active'] / 1e6:.1f}M active per token"),
+        ("steps / tokens", f"{summary.steps} / {summary.tokens:,}"),
+        ("time", f"{summary.seconds:.0f} s, {summary.tokens_per_second:,.0f} tokens/s, "
+                 f"{summary.utilisation:.1%} of the measured fp32 matmul peak"),
+        ("train loss", f"{summary.first_loss:.3f} -> {summary.final_loss:.3f}"),
+        ("validation loss", f"{summary.validation_loss_start:.3f} -> {summary.validation_loss_end:.3f}"),
+        ("expert load max/mean", ", ".join(f"{x:.2f}" for x in summary.max_over_mean_expert_load)),
+        ("checkpoint", summary.checkpoint),
+        ("sample", repr(summary.sample)),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+
+
+@app.command("generate")
+def generate_cmd(
+    checkpoint: Path = typer.Argument(..., help="checkpoint folder"),
+    prompt: str = typer.Argument(...),
+    max_tokens: int = typer.Option(64),
+    temperature: float = typer.Option(0.0),
+    top_p: float = typer.Option(1.0),
+    seed: int | None = typer.Option(None),
+) -> None:
+    """Continue a prompt with a checkpoint (digests verified before loading)."""
+    from model.checkpoint import CheckpointError, load_checkpoint
+    from model.generate import SamplingParams, generate
+
+    try:
+        model, tokenizer = load_checkpoint(checkpoint)
+        params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                seed=seed)
+    except (CheckpointError, ValueError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from e
+    gen = generate(model.eval(), tokenizer, tokenizer.encode(prompt, bos=True), params)
+    console.print(prompt + gen.text, markup=False, highlight=False)
+    console.print(f"[dim]{len(gen.token_ids)} tokens, finish_reason={gen.finish_reason}[/]")
+
+
+@app.command("export-hf")
+def export_hf(
+    checkpoint: Path = typer.Argument(..., help="checkpoint folder"),
+    out: Path = typer.Argument(..., help="output folder for the Hugging Face Mixtral model"),
+) -> None:
+    """Export the text backbone as a Hugging Face Mixtral model (config + safetensors)."""
+    from model.checkpoint import CheckpointError
+    from model.hf_export import ExportError, export_mixtral
+
+    try:
+        path = export_mixtral(checkpoint, out)
+    except (CheckpointError, ExportError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from e
+    console.print(f"exported to {path}; load it with transformers.MixtralForCausalLM.from_pretrained")
+
+
+@app.command()
+def verify(checkpoint: Path = typer.Argument(..., help="checkpoint folder")) -> None:
+    """Check every file of a checkpoint against its digest.json."""
+    from model.checkpoint import CheckpointError, verify_digest
+
+    try:
+        files = verify_digest(checkpoint)
+    except CheckpointError as e:
+        console.print(f"[red]refused:[/] {e}")
+        raise typer.Exit(1) from e
+    console.print_json(json.dumps({"checkpoint": str(checkpoint), "verified": files}))
+
+
+if __name__ == "__main__":
+    app()

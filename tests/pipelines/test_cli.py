@@ -1,0 +1,65 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from model.checkpoint import save_checkpoint
+from model.transformer import Transformer
+from pipelines.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def checkpoint(tmp_path, tiny_cfg, tokenizer):
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, Transformer(tiny_cfg), tokenizer)
+    return folder
+
+
+def test_presets_lists_parameter_counts():
+    result = runner.invoke(app, ["presets"])
+    assert result.exit_code == 0, result.output
+    for name in ("tiny", "small", "base"):
+        assert name in result.output
+    assert "155.6M" in result.output  # base: active parameters
+
+
+def test_verify_accepts_a_good_checkpoint_and_refuses_a_tampered_one(checkpoint):
+    ok = runner.invoke(app, ["verify", str(checkpoint)])
+    assert ok.exit_code == 0, ok.output
+    assert "model.safetensors" in json.loads(ok.output)["verified"]
+    (checkpoint / "config.json").write_text("{}")
+    bad = runner.invoke(app, ["verify", str(checkpoint)])
+    assert bad.exit_code == 1 and "config.json" in bad.output
+
+
+def test_generate_continues_a_prompt(checkpoint):
+    result = runner.invoke(app, ["generate", str(checkpoint), "def main():", "--max-tokens", "5"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("def main():") and "finish_reason=length" in result.output
+    refused = runner.invoke(app, ["generate", str(checkpoint), "x", "--top-p", "2"])
+    assert refused.exit_code == 2 and "top_p" in refused.output
+
+
+def test_export_hf_writes_a_mixtral_folder(checkpoint, tmp_path):
+    result = runner.invoke(app, ["export-hf", str(checkpoint), str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["model_type"] == "mixtral"
+
+
+def test_train_refuses_a_bad_preset_before_any_work(tmp_path):
+    result = runner.invoke(app, ["train", "--preset", "huge", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "huge" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_train_runs_and_reports(tmp_path):
+    result = runner.invoke(app, ["train", "--preset", "tiny", "--steps", "5", "--seq-len", "64",
+                                 "--batch-size", "4", "--corpus-mb", "0.1", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    for line in ("validation loss", "expert load max/mean", "checkpoint"):
+        assert line in result.output
+    (run,) = tmp_path.iterdir()
+    assert (run / "checkpoint" / "digest.json").is_file()

@@ -1,0 +1,115 @@
+"""The training step, independent of where it runs: one process here, each Ray Train worker
+at scale. Plain functions: optimizer and schedule, one optimisation step, validation loss."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from model.transformer import Transformer, next_token_loss
+from workers.data.pack import PackedSequences
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 50
+    total_steps: int = 1000
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    grad_accum: int = 1  # micro-batches per optimizer step
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
+        if not 0 <= self.warmup_steps <= self.total_steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must be in [0, total_steps]")
+        if self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
+
+
+def lr_at(step: int, cfg: OptimConfig) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio * lr at total_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps))
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: Transformer, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on norms, biases and embeddings' position tables."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=False)
+
+
+@dataclass
+class StepResult:
+    loss: float  # language-model cross-entropy, mean over micro-batches
+    aux_loss: float
+    z_loss: float
+    grad_norm: float
+    lr: float
+    tokens: int
+    tokens_per_expert: torch.Tensor  # (n_moe_layers, E)
+    router_entropy: torch.Tensor  # (n_moe_layers,)
+
+
+def train_step(model: Transformer, optimizer: torch.optim.Optimizer, micro_batches: list[PackedSequences],
+               step: int, cfg: OptimConfig, autocast_dtype: torch.dtype | None = None) -> StepResult:
+    """One optimizer step over `micro_batches` (gradient accumulation), with document masking."""
+    model.train()
+    lr = lr_at(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    device = next(model.parameters()).device
+    totals = {"loss": 0.0, "aux": 0.0, "z": 0.0}
+    counts, entropy, tokens = None, None, 0
+    for batch in micro_batches:
+        tokens_b = batch.tokens.to(device)
+        docs_b = batch.doc_ids.to(device)
+        inputs, targets = tokens_b[:, :-1], tokens_b[:, 1:]
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
+            out = model(inputs, doc_ids=docs_b[:, :-1])
+            lm = next_token_loss(out.logits, targets)
+        loss = (lm + out.aux_loss + out.z_loss) / len(micro_batches)
+        loss.backward()
+        totals["loss"] += lm.item() / len(micro_batches)
+        totals["aux"] += out.aux_loss.item() / len(micro_batches)
+        totals["z"] += out.z_loss.item() / len(micro_batches)
+        layer_counts = torch.stack([s.tokens_per_expert for s in out.routing]).cpu()
+        layer_entropy = torch.stack([s.router_entropy for s in out.routing]).cpu() / len(micro_batches)
+        counts = layer_counts if counts is None else counts + layer_counts
+        entropy = layer_entropy if entropy is None else entropy + layer_entropy
+        tokens += inputs.numel()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(totals["loss"], totals["aux"], totals["z"], float(grad_norm), lr, tokens,
+                      counts, entropy)
+
+
+@torch.no_grad()
+def validation_loss(model: Transformer, data: PackedSequences, batch_size: int) -> float:
+    """Mean next-token cross-entropy over all of `data`, with document masking."""
+    model.eval()
+    device = next(model.parameters()).device
+    total, n = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        tokens = data.tokens[start:start + batch_size].to(device)
+        docs = data.doc_ids[start:start + batch_size].to(device)
+        out = model(tokens[:, :-1], doc_ids=docs[:, :-1])
+        total += next_token_loss(out.logits, tokens[:, 1:]).item() * tokens.shape[0]
+        n += tokens.shape[0]
+    return total / max(n, 1)
