@@ -1,9 +1,10 @@
 """Modality encoders: images, audio and video become sequences of d_model vectors that replace
 the tokenizer's placeholder tokens.
 
-image (3, H, W) in [0, 1] -> patches (H/p * W/p, 3*p*p) -> linear projection + 2-D position
-audio (S,) mono at cfg.audio_sample_rate -> log-mel frames (torch.stft) -> groups of g frames -> projection
-video (F, 3, H, W) -> per frame: image patches, average-pooled by cfg.video_pool per side
+image (3, H, W), uint8 or float in [0, 1] -> patches (H/p * W/p, 3*p*p) -> projection + 2-D position
+audio (F, n_mels) log-mel frames (`audio_features` of a waveform, torch.stft) -> groups of g
+      frames -> projection; features, not waveforms, so datasets store the compact frames
+video (F, 3, H, W), like images -> per frame: image patches, average-pooled by cfg.video_pool
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ class MediaError(ValueError):
 class Media:
     """Media for one forward pass, in the order their placeholders appear in the flattened batch."""
 
-    images: list[torch.Tensor] = field(default_factory=list)  # each (3, H, W), float in [0, 1]
-    audios: list[torch.Tensor] = field(default_factory=list)  # each (S,), float mono waveform
-    videos: list[torch.Tensor] = field(default_factory=list)  # each (F, 3, H, W), float in [0, 1]
+    images: list[torch.Tensor] = field(default_factory=list)  # each (3, H, W) uint8, or float in [0, 1]
+    audios: list[torch.Tensor] = field(default_factory=list)  # each (F, n_mels) log-mel frames
+    videos: list[torch.Tensor] = field(default_factory=list)  # each (F, 3, H, W) like images
 
     def of(self, kind: str) -> list[torch.Tensor]:
         return {"image": self.images, "audio": self.audios, "video": self.videos}[kind]
@@ -42,8 +43,9 @@ class Media:
 
 def _check_image(img: torch.Tensor, cfg: ModelConfig, what: str) -> tuple[int, int]:
     p = cfg.image_patch_size
-    if not torch.is_floating_point(img) or img.dim() != 3 or img.shape[0] != 3:
-        raise MediaError(f"{what} must be a float tensor (3, H, W); got {tuple(img.shape)} {img.dtype}")
+    if img.dtype != torch.uint8 and not torch.is_floating_point(img) or img.dim() != 3 or img.shape[0] != 3:
+        raise MediaError(f"{what} must be a uint8 or float tensor (3, H, W); "
+                         f"got {tuple(img.shape)} {img.dtype}")
     H, W = img.shape[1:]
     if H % p or W % p:
         raise MediaError(f"{what} size {H}x{W} is not a multiple of the patch size {p}")
@@ -60,11 +62,13 @@ def placeholder_count(kind: str, data: torch.Tensor, cfg: ModelConfig) -> int:
         gh, gw = _check_image(data, cfg, "image")
         return gh * gw
     if kind == "audio":
-        if not torch.is_floating_point(data) or data.dim() != 1:
-            raise MediaError(f"audio must be a float mono waveform (S,); got {tuple(data.shape)}")
-        n = (1 + data.shape[0] // cfg.audio_hop) // cfg.audio_frames_per_token
+        if not torch.is_floating_point(data) or data.dim() != 2 or data.shape[1] != cfg.audio_n_mels:
+            raise MediaError(f"audio must be float log-mel frames (F, {cfg.audio_n_mels}) from "
+                             f"audio_features(); got {tuple(data.shape)} {data.dtype}")
+        n = data.shape[0] // cfg.audio_frames_per_token
         if n < 1:
-            raise MediaError(f"audio of {data.shape[0]} samples is shorter than one token")
+            raise MediaError(f"audio of {data.shape[0]} frames is shorter than one token "
+                             f"({cfg.audio_frames_per_token} frames)")
         return n
     if kind == "video":
         if data.dim() != 4 or data.shape[0] < 1:
@@ -101,7 +105,8 @@ class ImageEncoder(nn.Module):
         """(3, H, W) -> (gh, gw, D)."""
         p = self.p
         gh, gw = image.shape[1] // p, image.shape[2] // p
-        x = (image - 0.5) / 0.5
+        x = image.float() / 255.0 if image.dtype == torch.uint8 else image
+        x = (x - 0.5) / 0.5
         x = x.reshape(3, gh, p, gw, p).permute(1, 3, 0, 2, 4).reshape(gh, gw, 3 * p * p)
         x = x.to(self.proj.weight.dtype)
         return self.proj(x) + self.row.weight[:gh, None] + self.col.weight[None, :gw]
@@ -110,29 +115,35 @@ class ImageEncoder(nn.Module):
         return self.patch_grid(image).flatten(0, 1)  # (gh * gw, D)
 
 
+def audio_features(wave: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """Mono waveform (S,) at cfg.audio_sample_rate -> log-mel frames (1 + S // hop, n_mels).
+
+    Log-compressed with an 80 dB floor below the loudest bin and scaled to roughly [-1, 1].
+    """
+    if not torch.is_floating_point(wave) or wave.dim() != 1:
+        raise MediaError(f"a waveform must be a float mono tensor (S,); got {tuple(wave.shape)}")
+    if wave.shape[0] < cfg.audio_n_fft // 2 + 1:
+        raise MediaError(f"a waveform of {wave.shape[0]} samples is too short for one frame")
+    window = torch.hann_window(cfg.audio_n_fft, device=wave.device)
+    spec = torch.stft(wave.float(), cfg.audio_n_fft, cfg.audio_hop, window=window,
+                      center=True, return_complex=True)  # (n_freqs, frames)
+    fb = mel_filterbank(cfg.audio_n_mels, cfg.audio_n_fft, cfg.audio_sample_rate).to(wave.device)
+    logmel = (fb.T @ spec.abs().square()).clamp_min(1e-10).log10()  # (n_mels, frames)
+    logmel = torch.maximum(logmel, logmel.max() - 8.0)
+    return ((logmel + 4.0) / 4.0).T
+
+
 class AudioEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_fft, self.hop, self.group = cfg.audio_n_fft, cfg.audio_hop, cfg.audio_frames_per_token
-        self.register_buffer("window", torch.hann_window(cfg.audio_n_fft), persistent=False)
-        self.register_buffer("mel", mel_filterbank(cfg.audio_n_mels, cfg.audio_n_fft,
-                                                   cfg.audio_sample_rate), persistent=False)
+        self.group = cfg.audio_frames_per_token
         self.proj = nn.Linear(cfg.audio_n_mels * self.group, cfg.d_model)
 
-    def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        """(S,) -> (frames, n_mels), log-compressed and scaled to roughly [-1, 1]."""
-        spec = torch.stft(wave.float(), self.n_fft, self.hop, window=self.window,
-                          center=True, return_complex=True)  # (n_freqs, frames)
-        mel = self.mel.T @ spec.abs().square()  # (n_mels, frames)
-        logmel = mel.clamp_min(1e-10).log10()
-        logmel = torch.maximum(logmel, logmel.max() - 8.0)  # 80 dB dynamic range
-        return ((logmel + 4.0) / 4.0).T
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        frames = self.log_mel(wave)  # (F, M)
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """(F, n_mels) log-mel frames -> (F // g, D)."""
         n = frames.shape[0] // self.group
         grouped = frames[: n * self.group].reshape(n, -1)  # (F / g, g * M)
-        return self.proj(grouped.to(self.proj.weight.dtype))  # (F / g, D)
+        return self.proj(grouped.to(self.proj.weight.dtype))
 
 
 class VideoEncoder(nn.Module):

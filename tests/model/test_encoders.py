@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from model.encoders import AudioEncoder, Media, MediaError, mel_filterbank, placeholder_count
+from model.encoders import Media, MediaError, audio_features, mel_filterbank, placeholder_count
 from model.tokenizer import MediaPart
 from model.transformer import Transformer, next_token_loss
 
@@ -12,17 +12,20 @@ def test_placeholder_counts_follow_the_config(tiny_cfg):
     p = tiny_cfg.image_patch_size
     assert placeholder_count("image", torch.rand(3, 4 * p, 2 * p), tiny_cfg) == 8
     assert placeholder_count("video", torch.rand(5, 3, 4 * p, 4 * p), tiny_cfg) == 4  # 16 / 2x2
-    one_second = torch.randn(tiny_cfg.audio_sample_rate)
-    expected = (1 + tiny_cfg.audio_sample_rate // tiny_cfg.audio_hop) // tiny_cfg.audio_frames_per_token
+    one_second = audio_features(torch.randn(tiny_cfg.audio_sample_rate), tiny_cfg)
+    assert one_second.shape == (1 + tiny_cfg.audio_sample_rate // tiny_cfg.audio_hop,
+                                tiny_cfg.audio_n_mels)
+    expected = one_second.shape[0] // tiny_cfg.audio_frames_per_token
     assert placeholder_count("audio", one_second, tiny_cfg) == expected
+    assert placeholder_count("image", torch.zeros(3, p, p, dtype=torch.uint8), tiny_cfg) == 1
 
 
 @pytest.mark.parametrize("kind, data, message", [
     ("image", torch.rand(3, 10, 8), "not a multiple of the patch size"),
-    ("image", torch.randint(0, 255, (3, 8, 8)), "float tensor"),
-    ("image", torch.rand(8, 8), "float tensor"),
-    ("audio", torch.randn(2, 100), "mono"),
-    ("audio", torch.randn(10), "shorter than one token"),
+    ("image", torch.randint(0, 255, (3, 8, 8)), "uint8 or float tensor"),
+    ("image", torch.rand(8, 8), "uint8 or float tensor"),
+    ("audio", torch.randn(16000), "log-mel frames"),
+    ("audio", torch.randn(2, 32), "shorter than one token"),
     ("video", torch.rand(2, 3, 4, 12), "not divisible by video_pool"),
     ("smell", torch.rand(3), "unknown modality"),
 ])
@@ -34,13 +37,14 @@ def test_bad_media_is_refused_with_the_reason(tiny_cfg, kind, data, message):
 def test_log_mel_sees_where_a_tone_is(tiny_cfg):
     sr = tiny_cfg.audio_sample_rate
     t = torch.arange(sr) / sr
-    encoder = AudioEncoder(tiny_cfg)
-    low = encoder.log_mel(torch.sin(2 * math.pi * 300 * t))
-    high = encoder.log_mel(torch.sin(2 * math.pi * 5000 * t))
+    low = audio_features(torch.sin(2 * math.pi * 300 * t), tiny_cfg)
+    high = audio_features(torch.sin(2 * math.pi * 5000 * t), tiny_cfg)
     assert low.shape == (1 + sr // tiny_cfg.audio_hop, tiny_cfg.audio_n_mels)
     assert low.mean(0).argmax() < high.mean(0).argmax()
     fb = mel_filterbank(tiny_cfg.audio_n_mels, tiny_cfg.audio_n_fft, sr)
     assert (fb.sum(0) > 0).all()  # no empty filter
+    with pytest.raises(MediaError, match="too short"):
+        audio_features(torch.randn(50), tiny_cfg)
 
 
 def test_mismatch_between_placeholders_and_media_is_a_clear_error(tiny_cfg, tokenizer):
@@ -58,8 +62,9 @@ def test_mismatch_between_placeholders_and_media_is_a_clear_error(tiny_cfg, toke
 def test_media_change_the_output_and_gradients_reach_every_encoder(tiny_cfg, tokenizer):
     model = Transformer(tiny_cfg)
     parts = ["see", MediaPart("image", torch.rand(3, 8, 16)),
-             "hear", MediaPart("audio", torch.randn(2000)),
-             "watch", MediaPart("video", torch.rand(3, 3, 8, 8), fps=2.0), "done"]
+             "hear", MediaPart("audio", audio_features(torch.randn(2000), tiny_cfg)),
+             "watch", MediaPart("video", torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8), fps=2.0),
+             "done"]
     ids, media = tokenizer.encode_interleaved(parts, tiny_cfg)
     assert "0.5s" in tokenizer.decode(ids)  # video frames carry text timestamps
     ids_t = torch.tensor([ids])
