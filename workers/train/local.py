@@ -16,7 +16,8 @@ from model.config import get_preset
 from model.generate import SamplingParams, generate
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
-from workers.data.pack import PackedSequences, pack_documents, split_of
+from workers.data.pack import pack_documents
+from workers.data.records import Document, split_of
 from workers.data.sources import python_docs_corpus, stdlib_sources
 from workers.train.flops import measure_matmul_peak, training_flops_per_token
 from workers.train.loop import OptimConfig, StepResult, make_optimizer, train_step, validation_loss
@@ -67,8 +68,9 @@ class TrainSummary:
 def load_corpus(corpus_bytes: int) -> tuple[list[str], list[str]]:
     """Train and validation documents, split by a hash of each document."""
     docs = python_docs_corpus() + stdlib_sources(max_bytes=corpus_bytes)
-    train = [d for d in docs if split_of(d) == "train"]
-    val = [d for d in docs if split_of(d) == "validation"]
+    splits = [split_of(Document("local", "", "text", [d]).content_hash(), 5, 0) for d in docs]
+    train = [d for d, s in zip(docs, splits) if s == "train"]
+    val = [d for d, s in zip(docs, splits) if s == "validation"]
     return train, val
 
 
@@ -95,7 +97,7 @@ def train_local(cfg: LocalTrainConfig, out_dir: str | Path,
     tokens, started = 0, time.perf_counter()
     for step in range(cfg.steps):
         rows = torch.randint(len(train), (cfg.batch_size,), generator=sampler)
-        batch = PackedSequences(train.tokens[rows], train.doc_ids[rows])
+        batch = train.rows(rows)
         result = train_step(model, optimizer, [batch], step, optim_cfg)
         history.append(result.loss)
         tokens += result.tokens

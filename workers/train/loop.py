@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from model.transformer import Transformer, next_token_loss
+
+IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
 from workers.data.pack import PackedSequences
 
 
@@ -53,6 +55,14 @@ def make_optimizer(model: Transformer, cfg: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=False)
 
 
+def masked_targets(batch: PackedSequences) -> torch.Tensor:
+    """Targets (N, L): the next tokens, IGNORE where the loss mask says not to predict."""
+    targets = batch.tokens[:, 1:]
+    if batch.loss_mask is None:
+        return targets
+    return targets.masked_fill(~batch.loss_mask[:, 1:], IGNORE_INDEX)
+
+
 @dataclass
 class StepResult:
     loss: float  # language-model cross-entropy, mean over micro-batches
@@ -78,7 +88,7 @@ def train_step(model: Transformer, optimizer: torch.optim.Optimizer, micro_batch
     for batch in micro_batches:
         tokens_b = batch.tokens.to(device)
         docs_b = batch.doc_ids.to(device)
-        inputs, targets = tokens_b[:, :-1], tokens_b[:, 1:]
+        inputs, targets = tokens_b[:, :-1], masked_targets(batch).to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
             out = model(inputs, doc_ids=docs_b[:, :-1])
@@ -107,9 +117,8 @@ def validation_loss(model: Transformer, data: PackedSequences, batch_size: int) 
     device = next(model.parameters()).device
     total, n = 0.0, 0
     for start in range(0, len(data), batch_size):
-        tokens = data.tokens[start:start + batch_size].to(device)
-        docs = data.doc_ids[start:start + batch_size].to(device)
-        out = model(tokens[:, :-1], doc_ids=docs[:, :-1])
-        total += next_token_loss(out.logits, tokens[:, 1:]).item() * tokens.shape[0]
-        n += tokens.shape[0]
+        batch = data.rows(torch.arange(start, min(start + batch_size, len(data))))
+        out = model(batch.tokens[:, :-1].to(device), doc_ids=batch.doc_ids[:, :-1].to(device))
+        total += next_token_loss(out.logits, masked_targets(batch).to(device)).item() * len(batch)
+        n += len(batch)
     return total / max(n, 1)
