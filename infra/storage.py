@@ -25,6 +25,15 @@ def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
 
+STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
+               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_PROFILE")
+
+
+def storage_env() -> dict[str, str]:
+    """The driver's S3 settings, for Ray workers started before they were set (runtime_env)."""
+    return {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
@@ -33,6 +42,11 @@ def s3_filesystem() -> pafs.S3FileSystem:
     if endpoint:
         parsed = urlparse(endpoint)
         kwargs.update(endpoint_override=parsed.netloc or parsed.path, scheme=parsed.scheme or "http")
+    if "AWS_ACCESS_KEY_ID" in os.environ:
+        # explicit, so the filesystem object carries them to Ray workers started without them
+        kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"],
+                      secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                      session_token=os.environ.get("AWS_SESSION_TOKEN"))
     return pafs.S3FileSystem(**kwargs)
 
 

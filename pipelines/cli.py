@@ -13,7 +13,90 @@ from rich.table import Table
 
 app = typer.Typer(help="longmix: train, evaluate and deploy sparse-MoE multimodal long-context models.",
                   no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Build and check datasets (Ray Data).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 console = Console()
+
+BUILD_PHASES = 8  # listing, reading, dedup, tokenizer, synthetic, 3 splits (manifest closes)
+
+
+@data_app.command("build")
+def data_build(
+    spec: str = typer.Option("demo", help="a built-in spec (tiny, demo) or a YAML file"),
+    out: str = typer.Option(".longmix/datasets/demo", help="output folder or s3:// prefix"),
+    overwrite: bool = typer.Option(False, help="replace a dataset already at --out"),
+    mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="log the dataset to MLflow"),
+) -> None:
+    """Preprocess a corpus into packed Parquet shards and a manifest, with Ray Data."""
+    from infra.settings import get_settings
+    from workers.data.build import BuildError, build_dataset
+    from workers.data.spec import SpecError, load_spec
+
+    try:
+        corpus = load_spec(spec)  # refused here, before Ray starts, if anything is wrong
+    except SpecError as e:
+        console.print(f"[red]bad corpus spec:[/] {e}")
+        raise typer.Exit(2) from e
+    settings = get_settings()
+    console.print(f"[bold]longmix data build[/] spec={corpus.name} ({len(corpus.sources)} sources) -> {out}")
+    with Progress(TextColumn("[bold blue]data"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("starting Ray", total=BUILD_PHASES + 1)
+
+        def on_phase(name: str) -> None:
+            progress.update(task, description=name, advance=0 if name.startswith("listing") else 1)
+
+        try:
+            result = build_dataset(corpus, out, str(settings.cache_dir), overwrite=overwrite,
+                                   on_phase=on_phase)
+        except BuildError as e:
+            console.print(f"[red]build refused:[/] {e}")
+            raise typer.Exit(2) from e
+        progress.update(task, completed=BUILD_PHASES + 1, description="done")
+    print_dataset_summary(result.manifest, result.manifest_uri, result.seconds)
+    if mlflow_log:
+        from infra.tracking import configure_mlflow
+        from workers.data.report import log_dataset
+
+        configure_mlflow(settings)
+        run_id = log_dataset(result.manifest, result.manifest_uri)
+        console.print(f"logged to MLflow run {run_id} ({settings.tracking_uri})")
+
+
+def print_dataset_summary(manifest: dict, uri: str, seconds: float) -> None:
+    table = Table(title=f"dataset {manifest['name']}: {uri}")
+    for col in ("split", "shards", "rows", "text", "image", "audio", "video"):
+        table.add_column(col, justify="right")
+    for split, info in manifest["splits"].items():
+        t = info["tokens"]
+        table.add_row(split, str(len(info["shards"])), f"{info['rows']:,}",
+                      *(f"{t.get(m, 0):,}" for m in ("text", "image", "audio", "video")))
+    console.print(table)
+    q = manifest["quarantine"]
+    console.print(f"{sum(s.get('documents', 0) for s in manifest['sources']):,} documents from "
+                  f"{len(manifest['sources'])} sources, {manifest['duplicates_removed']} duplicates "
+                  f"removed, {q['count']} inputs quarantined, PII scrubbed {manifest['pii_scrubbed']}, "
+                  f"{len(manifest['canaries'])} canaries; digest {manifest['digest'][:16]}; "
+                  f"{seconds:.0f} s")
+    for record in q["records"][:10]:
+        console.print(f"  [yellow]quarantined[/] {record['uri']}: {record['reason']}", markup=True,
+                      highlight=False)
+    if q["count"] > 10:
+        console.print(f"  ... and {q['count'] - 10} more in the manifest")
+
+
+@data_app.command("verify")
+def data_verify(manifest: str = typer.Argument(..., help="manifest.json URI or the dataset folder")) -> None:
+    """Check the manifest's own digest and every shard and the tokenizer against theirs."""
+    from workers.data.manifest import ManifestError, verify_manifest
+
+    try:
+        m = verify_manifest(manifest)
+    except ManifestError as e:
+        console.print(f"[red]refused:[/] {e}")
+        raise typer.Exit(1) from e
+    shards = sum(len(s["shards"]) for s in m["splits"].values())
+    console.print(f"ok: {m['name']} digest {m['digest'][:16]}, {shards} shards and the tokenizer verified")
 
 
 @app.command()

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model.encoders import audio_features
+from model.config import ModelConfig
+from model.encoders import audio_features, placeholder_count
 from workers.data.readers import ReadContext
 from workers.data.records import MediaItem
 
@@ -59,3 +60,11 @@ def video_item(frames: list[np.ndarray], fps_in: float, ctx: ReadContext) -> Med
     fps_out = fps_in / step
     stacked = np.stack([fit_image(frames[i], ctx.image_size) for i in picks])  # (F, 3, S, S)
     return MediaItem("video", stacked, fps=fps_out)
+
+
+def placeholder_tokens(item: MediaItem, cfg: ModelConfig) -> int:
+    """Placeholder tokens the item occupies in the model's input (every frame, for video);
+    raises model.encoders.MediaError if the model cannot take it."""
+    data = torch.from_numpy(item.array.astype(np.float32) if item.kind == "audio" else item.array.copy())
+    n = placeholder_count(item.kind, data, cfg)  # per frame, for video
+    return n * item.array.shape[0] if item.kind == "video" else n

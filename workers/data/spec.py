@@ -106,6 +106,9 @@ class SyntheticSpec(_Strict):
     refusal_fraction: float = Field(0.3, ge=0, le=1)
     canaries: int = Field(0, ge=0)  # PII canary records planted for the leakage evaluation
     canary_repeats: int = Field(1, ge=1, le=100)
+    # evaluation prompt files (AdvBench, HarmBench, StrongREJECT, JailbreakBench, XSTest CSVs)
+    # whose prompts the chat examples must never repeat
+    exclude_prompts_from: list[str] = Field(default_factory=list)
 
 
 class CorpusSpec(_Strict):

