@@ -85,6 +85,20 @@ def print_dataset_summary(manifest: dict, uri: str, seconds: float) -> None:
         console.print(f"  ... and {q['count'] - 10} more in the manifest")
 
 
+@data_app.command("readers")
+def data_readers() -> None:
+    """List the readers a corpus spec can name, with their modalities and options."""
+    from workers.data.readers import all_readers
+
+    table = Table(title="readers", show_lines=True)
+    for col in ("reader", "modalities", "location", "license", "what it reads"):
+        table.add_column(col)
+    for name, r in sorted(all_readers().items()):
+        table.add_row(name, ", ".join(r.modalities), "builtin" if r.builtin else "path, glob, s3://",
+                      r.license or "(the files')", r.description)
+    console.print(table)
+
+
 @data_app.command("verify")
 def data_verify(manifest: str = typer.Argument(..., help="manifest.json URI or the dataset folder")) -> None:
     """Check the manifest's own digest and every shard and the tokenizer against theirs."""

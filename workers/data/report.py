@@ -3,25 +3,31 @@ statistics as params and metrics, the manifest and quarantine report, and a toke
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import matplotlib
 
 matplotlib.use("Agg")  # no display: figures go to files and MLflow
 import matplotlib.pyplot as plt  # noqa: E402
 
-MODALITY_COLORS = {"text": "#4C72B0", "image": "#DD8452", "audio": "#55A868", "video": "#C44E52"}
+SPLIT_COLORS = {"train": "#4C72B0", "validation": "#DD8452", "test": "#55A868"}
+MODALITIES = ("text", "image", "audio", "video")
 
 
 def token_mix_figure(manifest: dict):
-    """Stacked bars: tokens per modality in each split."""
-    splits = list(manifest["splits"])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    bottom = [0] * len(splits)
-    for modality, color in MODALITY_COLORS.items():
-        values = [manifest["splits"][s]["tokens"].get(modality, 0) for s in splits]
-        ax.bar(splits, values, bottom=bottom, label=modality, color=color)
-        bottom = [b + v for b, v in zip(bottom, values)]
-    ax.set_ylabel("tokens")
-    ax.set_title(f"token mix of {manifest['name']} (seq_len {manifest['seq_len']})")
+    """Tokens per modality and split, on a log scale: media are orders of magnitude below text."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    width = 0.8 / len(manifest["splits"])
+    for k, (split, info) in enumerate(manifest["splits"].items()):
+        values = [max(info["tokens"].get(m, 0), 0) for m in MODALITIES]
+        xs = [i + (k - 1) * width for i in range(len(MODALITIES))]
+        bars = ax.bar(xs, values, width, label=split, color=SPLIT_COLORS.get(split))
+        ax.bar_label(bars, labels=[f"{v:,}" for v in values], fontsize=7, rotation=90, padding=2)
+    ax.set_xticks(range(len(MODALITIES)), MODALITIES)
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=1, top=ax.get_ylim()[1] * 20)
+    ax.set_ylabel("tokens (log scale)")
+    ax.set_title(f"token mix of {manifest['name']} (rows of {manifest['seq_len']} tokens)")
     ax.legend(loc="upper right")
     fig.tight_layout()
     return fig
@@ -47,8 +53,8 @@ def log_dataset(manifest: dict, manifest_uri: str) -> str:
     from mlflow.data.meta_dataset import MetaDataset
 
     root = manifest_uri.rsplit("/", 1)[0]
-    run = mlflow.active_run() or mlflow.start_run(run_name=f"data-{manifest['name']}")
-    with mlflow.start_run(run_id=run.info.run_id):
+    active = mlflow.active_run()
+    with nullcontext(active) if active else mlflow.start_run(run_name=f"data-{manifest['name']}") as run:
         dataset = MetaDataset(resolve_dataset_source(root), name=manifest["name"],
                               digest=manifest["digest"][:16])
         mlflow.log_input(dataset, context="training",
