@@ -12,6 +12,13 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
+def local_cpus() -> int:
+    """Logical CPUs of the embedded Ray: the cores plus one, so that Ray Data's light reading of
+    packed shards can run beside training workers that hold a CPU each (with exactly the core
+    count, a 2-worker run on 2 cores leaves the data stream no CPU and waits forever)."""
+    return (os.cpu_count() or 1) + 1
+
+
 def ensure_ray(settings: Settings | None = None) -> None:
     import ray
 
@@ -21,6 +28,6 @@ def ensure_ray(settings: Settings | None = None) -> None:
     if settings.ray_address:
         ray.init(address=settings.ray_address, log_to_driver=False)
         return
-    ray.init(num_cpus=settings.ray_num_cpus, include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=settings.ray_num_cpus or local_cpus(), include_dashboard=False, log_to_driver=False,
              object_store_memory=settings.ray_object_store_mb * 1024 ** 2,
              runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}})

@@ -23,13 +23,14 @@ def tiny_cfg():
 
 @pytest.fixture(scope="session")
 def ray_local(tmp_path_factory):
-    """One local Ray for the whole session (start-up costs seconds), sized for this machine."""
+    """One local Ray for the whole session (start-up costs seconds): 2 cores + 1 logical CPU for
+    Ray Data beside two training workers, as the embedded default starts it."""
     import ray
 
     from infra.ray_runtime import ensure_ray
     from infra.settings import Settings
 
-    ensure_ray(Settings(home=tmp_path_factory.mktemp("longmix-home"), ray_num_cpus=2))
+    ensure_ray(Settings(home=tmp_path_factory.mktemp("longmix-home"), ray_num_cpus=3))
     yield ray
     ray.shutdown()
 

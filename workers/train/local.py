@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import save_checkpoint
+from model.encoders import Media
 from model.config import get_preset
 from model.generate import SamplingParams, generate
 from model.tokenizer import Tokenizer
@@ -20,6 +21,7 @@ from workers.data.pack import pack_documents
 from workers.data.records import Document, split_of
 from workers.data.sources import python_docs_corpus, stdlib_sources
 from workers.train.flops import measure_matmul_peak, training_flops_per_token
+from workers.train.data import Batch
 from workers.train.loop import OptimConfig, StepResult, make_optimizer, train_step, validation_loss
 
 
@@ -65,6 +67,13 @@ class TrainSummary:
     loss_history: list[float] = field(default_factory=list)
 
 
+def mean_validation_loss(model: Transformer, data, batch_size: int) -> float:
+    batches = [Batch(data.rows(torch.arange(i, min(i + batch_size, len(data)))), Media())
+               for i in range(0, len(data), batch_size)]
+    total, count = validation_loss(model, batches)
+    return total / max(count, 1)
+
+
 def load_corpus(corpus_bytes: int) -> tuple[list[str], list[str]]:
     """Train and validation documents, split by a hash of each document."""
     docs = python_docs_corpus() + stdlib_sources(max_bytes=corpus_bytes)
@@ -90,29 +99,28 @@ def train_local(cfg: LocalTrainConfig, out_dir: str | Path,
                             total_steps=cfg.steps)
     optimizer = make_optimizer(model, optim_cfg)
     sampler = torch.Generator().manual_seed(cfg.seed)
-    val_start = validation_loss(model, val, cfg.batch_size)
+    val_start = mean_validation_loss(model, val, cfg.batch_size)
 
     history: list[float] = []
     load_totals = None
     tokens, started = 0, time.perf_counter()
     for step in range(cfg.steps):
         rows = torch.randint(len(train), (cfg.batch_size,), generator=sampler)
-        batch = train.rows(rows)
-        result = train_step(model, optimizer, [batch], step, optim_cfg)
+        result = train_step(model, optimizer, [Batch(train.rows(rows), Media())], step, optim_cfg)
         history.append(result.loss)
         tokens += result.tokens
         counts = result.tokens_per_expert.float()
         load_totals = counts if load_totals is None else load_totals + counts
         val_loss = None
         if (step + 1) % cfg.eval_every == 0:
-            val_loss = validation_loss(model, val, cfg.batch_size)
+            val_loss = mean_validation_loss(model, val, cfg.batch_size)
         if on_step:
             on_step(step, result, val_loss)
         if time.perf_counter() - started > cfg.max_minutes * 60:
             break
     seconds = time.perf_counter() - started
 
-    val_end = validation_loss(model, val, cfg.batch_size)
+    val_end = mean_validation_loss(model, val, cfg.batch_size)
     flops = training_flops_per_token(model_cfg, cfg.seq_len) * tokens
     peak = measure_matmul_peak(torch.float32, seconds=0.5)
     model.eval()

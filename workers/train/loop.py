@@ -8,10 +8,12 @@ from dataclasses import dataclass
 
 import torch
 
-from model.transformer import Transformer, next_token_loss
+from model.encoders import Media
+from model.transformer import next_token_loss
 
 IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
 from workers.data.pack import PackedSequences
+from workers.train.data import Batch
 
 
 @dataclass
@@ -45,7 +47,7 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: Transformer, cfg: OptimConfig) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW; no weight decay on norms, biases and embeddings' position tables."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -75,9 +77,12 @@ class StepResult:
     router_entropy: torch.Tensor  # (n_moe_layers,)
 
 
-def train_step(model: Transformer, optimizer: torch.optim.Optimizer, micro_batches: list[PackedSequences],
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list[Batch],
                step: int, cfg: OptimConfig, autocast_dtype: torch.dtype | None = None) -> StepResult:
-    """One optimizer step over `micro_batches` (gradient accumulation), with document masking."""
+    """One optimizer step over `micro_batches` (gradient accumulation), with document masking.
+
+    `model` is a Transformer, or one wrapped by DDP / FSDP (its forward is the same).
+    """
     model.train()
     lr = lr_at(step, cfg)
     for group in optimizer.param_groups:
@@ -86,12 +91,12 @@ def train_step(model: Transformer, optimizer: torch.optim.Optimizer, micro_batch
     totals = {"loss": 0.0, "aux": 0.0, "z": 0.0}
     counts, entropy, tokens = None, None, 0
     for batch in micro_batches:
-        tokens_b = batch.tokens.to(device)
-        docs_b = batch.doc_ids.to(device)
-        inputs, targets = tokens_b[:, :-1], masked_targets(batch).to(device)
+        rows = batch.rows
+        inputs = rows.tokens[:, :-1].to(device)
+        targets = masked_targets(rows).to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
-            out = model(inputs, doc_ids=docs_b[:, :-1])
+            out = model(inputs, on_device(batch.media, device), doc_ids=rows.doc_ids[:, :-1].to(device))
             lm = next_token_loss(out.logits, targets)
         loss = (lm + out.aux_loss + out.z_loss) / len(micro_batches)
         loss.backward()
@@ -110,15 +115,23 @@ def train_step(model: Transformer, optimizer: torch.optim.Optimizer, micro_batch
                       counts, entropy)
 
 
+def on_device(media: Media, device: torch.device) -> Media:
+    return Media(*([t.to(device) for t in media.of(kind)] for kind in ("image", "audio", "video")))
+
+
 @torch.no_grad()
-def validation_loss(model: Transformer, data: PackedSequences, batch_size: int) -> float:
-    """Mean next-token cross-entropy over all of `data`, with document masking."""
+def validation_loss(model: torch.nn.Module, batches) -> tuple[float, int]:
+    """Sum of next-token cross-entropy and the number of target tokens, over `batches`
+    (so that workers can add theirs up before dividing)."""
     model.eval()
     device = next(model.parameters()).device
-    total, n = 0.0, 0
-    for start in range(0, len(data), batch_size):
-        batch = data.rows(torch.arange(start, min(start + batch_size, len(data))))
-        out = model(batch.tokens[:, :-1].to(device), doc_ids=batch.doc_ids[:, :-1].to(device))
-        total += next_token_loss(out.logits, masked_targets(batch).to(device)).item() * len(batch)
-        n += len(batch)
-    return total / max(n, 1)
+    total, count = 0.0, 0
+    for batch in batches:
+        rows = batch.rows
+        out = model(rows.tokens[:, :-1].to(device), on_device(batch.media, device),
+                    doc_ids=rows.doc_ids[:, :-1].to(device))
+        targets = masked_targets(rows).to(device)
+        n = int((targets != IGNORE_INDEX).sum())
+        total += next_token_loss(out.logits, targets).item() * n
+        count += n
+    return total, count

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from model.transformer import Transformer
+from model.encoders import Media
 from workers.data.pack import PackedSequences
+from workers.train.data import Batch
 from workers.train.flops import training_flops_per_token
 from workers.train.loop import OptimConfig, lr_at, make_optimizer, train_step, validation_loss
 
@@ -26,11 +28,15 @@ def test_bad_optimizer_settings_are_refused(changes, field):
         OptimConfig(**changes)
 
 
-def _batch(cfg, rows=4, width=33):
+def _rows(cfg, rows=4, width=33):
     tokens = torch.randint(20, cfg.vocab_size, (rows, width))
     doc_ids = torch.zeros_like(tokens)
     doc_ids[:, width // 2:] = 1
     return PackedSequences(tokens, doc_ids)
+
+
+def _batch(cfg, rows=4, width=33):
+    return Batch(_rows(cfg, rows, width), Media())
 
 
 def test_gradient_accumulation_equals_one_big_batch(tiny_cfg):
@@ -38,9 +44,9 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_cfg):
     a = Transformer(tiny_cfg)
     b = Transformer(tiny_cfg)
     b.load_state_dict(a.state_dict())
-    batch = _batch(tiny_cfg, rows=4)
-    halves = [PackedSequences(batch.tokens[:2], batch.doc_ids[:2]),
-              PackedSequences(batch.tokens[2:], batch.doc_ids[2:])]
+    rows = _rows(tiny_cfg, rows=4)
+    batch = Batch(rows, Media())
+    halves = [Batch(rows.rows(torch.arange(0, 2)), Media()), Batch(rows.rows(torch.arange(2, 4)), Media())]
     cfg = OptimConfig(lr=0.1, warmup_steps=0, total_steps=10, grad_clip=1e9)
     # plain SGD: the update is the gradient itself, so equal updates mean equal gradients
     ra = train_step(a, torch.optim.SGD(a.parameters(), lr=cfg.lr), [batch], 0, cfg)
@@ -59,7 +65,8 @@ def test_training_steps_lower_the_loss_and_report_routing(tiny_cfg):
     opt = make_optimizer(model, cfg)
     results = [train_step(model, opt, [batch], s, cfg) for s in range(40)]
     assert results[-1].loss < results[0].loss - 2.0
-    assert validation_loss(model, batch, batch_size=2) < results[0].loss
+    total, count = validation_loss(model, [batch])
+    assert count == 4 * 32 and total / count < results[0].loss
     r = results[-1]
     assert r.tokens_per_expert.shape == (tiny_cfg.n_layers, tiny_cfg.n_experts)
     assert int(r.tokens_per_expert.sum()) == tiny_cfg.n_layers * r.tokens * tiny_cfg.top_k

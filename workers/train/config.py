@@ -1,0 +1,140 @@
+"""Training configuration: one stage of the run (pretrain -> long_context -> sft), validated
+against the dataset manifest and the previous stage's checkpoint before any worker starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from model.checkpoint import TOKENIZER, CheckpointError, sha256_file, verify_digest
+from model.config import ConfigError, ModelConfig, get_preset
+from workers.data.manifest import ManifestError, verify_manifest
+
+Stage = Literal["pretrain", "long_context", "sft"]
+
+
+class TrainConfigError(ValueError):
+    """The training configuration cannot run; the message names the field or file."""
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stage: Stage = "pretrain"
+    dataset: str  # the dataset's manifest.json URI, or its folder
+    init_from: str | None = None  # the previous stage's checkpoint folder (long_context, sft)
+    preset: str | None = None  # pretrain: default the dataset's preset
+    seq_len: int | None = Field(None, ge=16)  # default and maximum: what the dataset packs
+    rope_scaling: Literal["linear", "ntk", "yarn"] = "yarn"  # long_context only
+
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(8, ge=1)  # sequences per worker per micro-batch
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int | None = Field(None, ge=0)  # None: 5% of the steps
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    seed: int = 0
+
+    eval_every: int = Field(50, ge=1)
+    eval_batches: int = Field(4, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+
+    workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)  # e.g. {"TPU": 4}
+    fsdp: bool = False  # shard parameters with FSDP2 instead of replicating them with DDP
+    max_failures: int = Field(2, ge=0)
+
+    storage_path: str | None = None  # default: <LONGMIX_HOME>/train; or s3://bucket/prefix
+    run_name: str | None = None
+    registered_model: str | None = "longmix"  # MLflow registered model; None: do not register
+
+    @model_validator(mode="after")
+    def _stage_needs(self) -> "TrainConfig":
+        if self.stage != "pretrain" and not self.init_from:
+            raise ValueError(f"stage {self.stage} continues from the previous stage: give init_from")
+        if self.warmup_steps is not None and self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} exceeds steps={self.steps}")
+        if self.fsdp and not self.use_gpu:
+            raise ValueError("fsdp shards across accelerators: it needs use_gpu")
+        return self
+
+
+def warmup_steps(cfg: TrainConfig) -> int:
+    return cfg.warmup_steps if cfg.warmup_steps is not None else max(1, cfg.steps // 20)
+
+
+def parse_train_config(data: dict) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}"
+                             for err in e.errors())
+        raise TrainConfigError(problems) from None
+
+
+class Plan(BaseModel):
+    """What a validated stage will do: resolved before any worker starts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    manifest: dict
+    model: dict  # ModelConfig.to_dict() of the model to train
+    seq_len: int
+    init_from: str | None
+
+
+def plan_stage(cfg: TrainConfig) -> Plan:
+    """Check the dataset, the previous checkpoint and the model together; refuse what cannot run."""
+    try:
+        manifest = verify_manifest(cfg.dataset)
+    except ManifestError as e:
+        raise TrainConfigError(f"dataset: {e}") from e
+    packed = manifest["seq_len"]
+    seq_len = cfg.seq_len or packed
+    if seq_len != packed:
+        raise TrainConfigError(f"seq_len={seq_len}: the dataset packs rows of {packed} tokens; train "
+                               f"at that length or rebuild the dataset with packing.seq_len={seq_len}")
+    if cfg.init_from:
+        try:
+            verify_digest(Path(cfg.init_from))
+        except CheckpointError as e:
+            raise TrainConfigError(f"init_from: {e}") from e
+        model = ModelConfig.from_dict(json.loads((Path(cfg.init_from) / "config.json").read_text()))
+        tokenizer_sha = sha256_file(Path(cfg.init_from) / TOKENIZER)
+        if tokenizer_sha != manifest["tokenizer"]["sha256"]:
+            raise TrainConfigError("dataset: tokenized with a different tokenizer than the init_from "
+                                   "checkpoint's; build it with tokenizer.path set to the checkpoint's "
+                                   "tokenizer.json")
+        if cfg.preset and model != get_preset(cfg.preset).replace(max_seq_len=model.max_seq_len):
+            raise TrainConfigError(f"preset={cfg.preset} differs from the init_from checkpoint's model")
+    else:
+        try:
+            model = get_preset(cfg.preset or manifest["preset"])
+        except ConfigError as e:
+            raise TrainConfigError(f"preset: {e}") from e
+    if cfg.stage == "long_context":
+        if seq_len <= model.max_seq_len and model.rope_scaling == "none":
+            raise TrainConfigError(f"long_context: the dataset's rows of {seq_len} tokens are not longer "
+                                   f"than the model's context of {model.max_seq_len}; build a "
+                                   "long-context dataset")
+        model = model.replace(rope_scaling=cfg.rope_scaling,
+                              rope_original_max_seq_len=model.max_seq_len,
+                              rope_factor=max(1.0, seq_len / model.max_seq_len),
+                              max_seq_len=max(seq_len, model.max_seq_len))
+    elif seq_len > model.max_seq_len:
+        raise TrainConfigError(f"the dataset packs rows of {seq_len} tokens, beyond the model's context "
+                               f"of {model.max_seq_len}: use the long_context stage")
+    tokenizer_vocab = manifest["tokenizer"]["vocab_size"]
+    if tokenizer_vocab > model.vocab_size:
+        raise TrainConfigError(f"the dataset's tokenizer has {tokenizer_vocab} tokens; the model "
+                               f"embeds {model.vocab_size}")
+    return Plan(manifest=manifest, model=model.to_dict(), seq_len=seq_len, init_from=cfg.init_from)
