@@ -14,10 +14,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-# The most complete part of the pipeline that exists: train the `small` preset on Python's own
-# docs and standard library for a few minutes, save a verified checkpoint, report what it did.
+# The most complete part of the pipeline that exists: build the demo dataset with Ray Data, then
+# pretrain the `small` preset on it with Ray Train (2 workers), logged and registered in MLflow.
+DATASET := .longmix/datasets/demo
+
 run: venv
-	$(VENV)/bin/longmix train --preset small --steps 200 --max-minutes 8
+	test -f $(DATASET)/manifest.json || $(VENV)/bin/longmix data build --spec demo --out $(DATASET)
+	$(VENV)/bin/longmix train --dataset $(DATASET) --stage pretrain --steps 100 --batch-size 2 \
+	  --checkpoint-every 50 --eval-every 25
 
 test: venv
 	$(VENV)/bin/python -m pytest

@@ -132,65 +132,96 @@ def presets() -> None:
 
 @app.command()
 def train(
-    preset: str = typer.Option("small", help="model preset (see `longmix presets`)"),
-    steps: int = typer.Option(300, help="optimizer steps"),
-    seq_len: int = typer.Option(256, help="tokens per packed training sequence"),
-    batch_size: int = typer.Option(16, help="sequences per step"),
-    lr: float = typer.Option(2e-3, help="peak learning rate"),
-    max_minutes: float = typer.Option(10.0, help="stop early after this long (still saves)"),
-    corpus_mb: float = typer.Option(3.0, help="MB of standard-library source to train on, besides the docs"),
-    out: Path = typer.Option(Path(".longmix/runs"), help="where the run folder goes"),
+    dataset: str = typer.Option(..., help="the dataset's manifest.json URI, or its folder"),
+    stage: str = typer.Option("pretrain", help="pretrain | long_context | sft"),
+    init_from: str | None = typer.Option(None, help="the previous stage's checkpoint folder"),
+    preset: str | None = typer.Option(None, help="model preset (pretrain; default: the dataset's)"),
+    steps: int = typer.Option(200),
+    batch_size: int = typer.Option(8, help="sequences per worker per micro-batch"),
+    grad_accum: int = typer.Option(1),
+    lr: float = typer.Option(1e-3),
+    workers: int = typer.Option(2, help="Ray Train workers"),
+    use_gpu: bool = typer.Option(False),
+    checkpoint_every: int = typer.Option(50),
+    eval_every: int = typer.Option(50),
+    storage_path: str | None = typer.Option(None, help="checkpoints: a folder or s3:// (default under LONGMIX_HOME)"),
+    register_as: str = typer.Option("longmix", help="MLflow registered model name"),
 ) -> None:
-    """Train a preset in this process on Python's own docs and standard library, then report."""
-    import torch
+    """Train one stage with Ray Train; the final checkpoint is registered in MLflow."""
+    from infra.settings import get_settings
+    from workers.train.config import TrainConfigError, parse_train_config, plan_stage
+    from workers.train.trainer import train as run_training
 
-    from workers.train.local import LocalTrainConfig, train_local
-
-    torch.set_num_threads(torch.get_num_threads())
     try:
-        cfg = LocalTrainConfig(preset=preset, steps=steps, seq_len=seq_len, batch_size=batch_size,
-                               lr=lr, max_minutes=max_minutes, corpus_bytes=int(corpus_mb * 1e6))
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
-    run_dir = out / time.strftime("train-%Y%m%d-%H%M%S")
-    console.print(f"[bold]longmix train[/] preset={preset} steps={steps} seq_len={seq_len} "
-                  f"batch={batch_size} -> {run_dir}")
-    console.print("building the corpus and training the tokenizer ...")
+        cfg = parse_train_config({
+            "stage": stage, "dataset": dataset, "init_from": init_from, "preset": preset,
+            "steps": steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr,
+            "workers": workers, "use_gpu": use_gpu, "checkpoint_every": checkpoint_every,
+            "eval_every": eval_every, "storage_path": storage_path, "registered_model": register_as})
+        plan = plan_stage(cfg)  # refused here, before Ray starts
+    except TrainConfigError as e:
+        console.print(f"[red]refused:[/] {e}")
+        raise typer.Exit(2) from e
+    settings = get_settings()
+    console.print(f"[bold]longmix train[/] stage={cfg.stage} dataset={plan.manifest['name']} "
+                  f"seq_len={plan.seq_len} workers={cfg.workers} steps={cfg.steps}")
+    result = follow_training(lambda: run_training(cfg, settings), cfg.steps, settings)
+    print_train_summary(cfg, result)
+
+
+def follow_training(run, steps: int, settings):
+    """Run training in a thread while a progress bar follows its MLflow metrics."""
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["result"] = run()
+        except BaseException as e:  # re-raised below, in the caller's thread
+            outcome["error"] = e
+
+    from infra.tracking import configure_mlflow
+
+    experiment_id = configure_mlflow(settings)
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
     with Progress(TextColumn("[bold blue]train"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]:.3f}  val {task.fields[val]}  "
-                             "{task.fields[tps]:.0f} tok/s"), TimeElapsedColumn(),
+                  TextColumn("loss {task.fields[loss]}  {task.fields[tps]} tok/s"), TimeElapsedColumn(),
                   console=console) as progress:
-        task = progress.add_task("train", total=steps, loss=float("nan"), val="-", tps=0.0)
-        started = time.perf_counter()
-        seen = {"tokens": 0}
+        task = progress.add_task("train", total=steps, loss="-", tps="-")
+        client = MlflowClient(settings.tracking_uri)
+        while thread.is_alive():
+            thread.join(timeout=2.0)
+            running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'",
+                                         order_by=["attributes.start_time DESC"], max_results=1)
+            if not running:
+                continue
+            latest = running[0].data.metrics
+            if "loss" in latest:
+                history = client.get_metric_history(running[0].info.run_id, "loss")
+                progress.update(task, completed=max(m.step for m in history),
+                                loss=f"{latest['loss']:.3f}", tps=f"{latest.get('tokens_per_s', 0):,.0f}")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
-        def on_step(step, result, val_loss):
-            seen["tokens"] += result.tokens
-            fields = {"loss": result.loss, "tps": seen["tokens"] / (time.perf_counter() - started)}
-            if val_loss is not None:
-                fields["val"] = f"{val_loss:.3f}"
-            progress.update(task, advance=1, **fields)
 
-        summary = train_local(cfg, run_dir, on_step)
-    print_train_summary(summary)
-
-
-def print_train_summary(summary) -> None:
-    table = Table(title=f"trained {summary.preset}", show_header=False)
+def print_train_summary(cfg, result) -> None:
+    table = Table(title=f"trained: {cfg.stage}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    p = summary.parameters
-    rows = [
-        ("parameters", f"{p['total'] / 1e6:.1f}M total, {p['active'] / 1e6:.1f}M active per token"),
-        ("steps / tokens", f"{summary.steps} / {summary.tokens:,}"),
-        ("time", f"{summary.seconds:.0f} s, {summary.tokens_per_second:,.0f} tokens/s, "
-                 f"{summary.utilisation:.1%} of the measured fp32 matmul peak"),
-        ("train loss", f"{summary.first_loss:.3f} -> {summary.final_loss:.3f}"),
-        ("validation loss", f"{summary.validation_loss_start:.3f} -> {summary.validation_loss_end:.3f}"),
-        ("expert load max/mean", ", ".join(f"{x:.2f}" for x in summary.max_over_mean_expert_load)),
-        ("checkpoint", summary.checkpoint),
-        ("sample", repr(summary.sample)),
-    ]
+    metrics = result.metrics
+    rows = [("final loss", f"{metrics.get('loss', float('nan')):.3f}"),
+            ("validation loss", f"{metrics.get('val_loss', float('nan')):.3f}"),
+            ("tokens/s", f"{metrics.get('tokens_per_s', 0):,.0f}"),
+            ("utilisation", f"{metrics.get('utilisation', 0):.1%} of the measured matmul peak"),
+            ("checkpoint", str(result.checkpoint)),
+            ("MLflow run", result.run_id),
+            ("registered", f"{cfg.registered_model} version {result.model_version}"
+             if result.model_version else "not registered")]
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
