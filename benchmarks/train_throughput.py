@@ -1,0 +1,511 @@
+"""Training throughput of the `small` preset: Ray Train (2 workers x 1 CPU, DDP over gloo)
+against the same training loop in one plain process, and the plain loop's share of the matmul peak.
+
+Set-up (not timed): a local Ray (`ensure_ray(Settings(home=tmp, ray_num_cpus=3))`, the embedded
+default's cores + 1 logical CPUs) and a small text dataset built once into a temporary folder
+with `build_dataset` (pydoc-topics + python-stdlib, preset small, tokenizer vocabulary 4096, rows
+packed to 512 tokens).
+
+What it measures, with the same global batch of 2B rows x 512 tokens per optimizer step:
+  * ray   - `workers.train.trainer.train` with workers=2, cpus_per_worker=1, batch_size=B (fp32).
+            Steady-state tokens/s: the median of the per-step `tokens_per_s` metric that the
+            rank-0 worker logs to MLflow (all ranks' tokens / rank 0's `train_step` seconds),
+            over the steps after the first `warmup` ones. The wall time of the whole `train()`
+            call (Ray Train start-up, data streaming, every step, validation, final checkpoint,
+            MLflow artifacts; no model registration) is reported for context. `train_worker` is
+            wrapped (in this process only) to record torch's thread counts inside each worker and,
+            after its loop, to time a gloo all_reduce of a gradient-sized buffer.
+  * plain - one process, torch threads = the 2 cores, `workers.train.loop.train_step` on batches
+            of 2B rows collated with `workers.train.data.collate` from the same train shards read
+            with pyarrow; same model (same seed), optimizer (`make_optimizer`) and schedule; per
+            step timed exactly like the worker times it (train_step only; collation outside).
+            Its steps run half before and half after the Ray run, so that a busy spell of other
+            work on the shared machine hits both paths alike; median over the steady steps.
+  * plain 1 thread, batch B: what one Ray worker computes per step, without Ray or DDP; twice its
+            tokens/s is what 2 independent 1-thread workers could reach.
+  * plain bf16: `train_step(..., autocast_dtype=torch.bfloat16)`, 2 threads, batch 2B.
+  * profile: torch.profiler over one plain fp32 step: self CPU time by category (GEMM, attention
+            kernel, MoE dispatch/routing, loss, optimizer, other).
+
+Figures:
+  ray_vs_plain            = Ray steady tokens/s / plain tokens/s (target >= 0.95)
+  cpu_util_of_matmul_peak = plain tokens/s x training_flops_per_token(cfg, 512) /
+                            measure_matmul_peak(float32) (best of two measurements in this run;
+                            target >= 0.4); bf16_util_of_matmul_peak likewise for bf16 autocast
+                            against the bf16 peak (where the CPU has avx512_bf16 or AMX).
+
+    python benchmarks/train_throughput.py          # B=4 (global 8 x 512), Ray 3+20 steps, ~5 min
+    python benchmarks/train_throughput.py --quick  # B=2 (global 4 x 512), Ray 2+8 steps, ~2-3 min
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from _common import emit_json, machine_info, measure_matmul_peak, parse_args, print_table, \
+    use_all_cores
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from infra.settings import Settings
+from infra.storage import join
+from model.config import ModelConfig
+from model.transformer import Transformer
+from workers.data.manifest import dataset_root
+from workers.train.config import TrainConfig, plan_stage
+from workers.train.data import collate
+from workers.train.flops import training_flops_per_token
+from workers.train.loop import make_optimizer, train_step
+from workers.train.worker import optim_config
+
+TARGET_RAY_VS_PLAIN = 0.95
+TARGET_UTIL = 0.4
+SEQ_LEN = 512
+RAY_CPUS = 3  # 2 training workers x 1 CPU + 1 for Ray Data's reading, as the embedded default
+
+FULL = dict(batch=4, ray_warmup=3, ray_steady=20, plain_warmup=2, plain_steady=20, one_thread=4,
+            bf16_steady=10, stdlib_bytes=600_000)
+QUICK = dict(batch=2, ray_warmup=2, ray_steady=8, plain_warmup=2, plain_steady=8, one_thread=3,
+             bf16_steady=5, stdlib_bytes=150_000)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def build_corpus(root: Path, stdlib_bytes: int) -> tuple[str, float]:
+    """A text-only dataset for the small preset, packed to SEQ_LEN; returns (manifest URI, s)."""
+    from workers.data.build import build_dataset
+    from workers.data.spec import parse_spec
+
+    spec = parse_spec({
+        "name": "train-throughput", "preset": "small", "seed": 0,
+        "sources": [{"name": "python-docs", "modality": "text", "reader": "pydoc-topics"},
+                    {"name": "python-stdlib", "modality": "text", "reader": "python-stdlib",
+                     "options": {"max_bytes": stdlib_bytes}}],
+        "tokenizer": {"vocab_size": 4096, "sample_bytes": 300_000},
+        "splits": {"validation_percent": 5, "test_percent": 5},
+        "packing": {"seq_len": SEQ_LEN, "rows_per_shard": 256},
+    }, "train_throughput")
+    started = time.perf_counter()
+    result = build_dataset(spec, str(root / "dataset"), str(root / "cache"))
+    return result.manifest_uri, time.perf_counter() - started
+
+
+def read_train_rows(manifest: dict) -> dict[str, np.ndarray]:
+    """The train split's packed rows, in shard order, as numpy columns (Ray Data's batch format)."""
+    root = dataset_root(manifest)
+    tables = [pq.read_table(join(root, s["path"])) for s in manifest["splits"]["train"]["shards"]]
+    columns: dict[str, list] = defaultdict(list)
+    for table in tables:
+        for name in table.column_names:
+            columns[name].append(table.column(name).to_numpy(zero_copy_only=False))
+    return {name: np.concatenate(parts) for name, parts in columns.items()}
+
+
+class Batches:
+    """Consecutive batches of `size` rows, collated as the workers collate, wrapping around."""
+
+    def __init__(self, rows: dict[str, np.ndarray], size: int):
+        self.rows, self.size = rows, size
+        self.n = len(next(iter(rows.values())))
+        if self.n < size:
+            raise SystemExit(f"the train split holds {self.n} rows, fewer than a batch of {size}")
+        self.at = 0
+
+    def next(self):
+        if self.at + self.size > self.n:
+            self.at = 0
+        picked = {k: v[self.at:self.at + self.size] for k, v in self.rows.items()}
+        self.at += self.size
+        return collate(picked)
+
+
+# ---------------------------------------------------------------------------------------------
+# the plain process
+
+
+class PlainLoop:
+    """The worker's loop without Ray: same model init, optimizer, schedule and step timing."""
+
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, rows, batch: int,
+                 autocast: torch.dtype | None = None):
+        torch.manual_seed(cfg.seed)  # the workers' initial weights
+        self.model = Transformer(model_cfg)
+        self.optim = optim_config(cfg)
+        self.optimizer = make_optimizer(self.model, self.optim)
+        self.batches = Batches(rows, batch)
+        self.autocast = autocast
+        self.step = 0
+
+    def run(self, steps: int) -> list[tuple[float, int]]:
+        """(seconds, tokens) of each of `steps` optimizer steps."""
+        out = []
+        for _ in range(steps):
+            batch = self.batches.next()
+            started = time.perf_counter()
+            result = train_step(self.model, self.optimizer, [batch], self.step % self.optim.total_steps,
+                                self.optim, self.autocast)
+            out.append((time.perf_counter() - started, result.tokens))
+            self.step += 1
+        return out
+
+
+def tokens_per_s(samples: list[tuple[float, int]]) -> float:
+    return statistics.median(tokens / seconds for seconds, tokens in samples)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Train
+
+
+def probed(original, probe_dir: str, n_params: int):
+    """`train_worker` plus a record of the worker's threads and, after its loop, the time of a
+    gloo all_reduce of a gradient-sized fp32 buffer (what DDP exchanges per step)."""
+
+    def worker(config: dict) -> None:
+        import json as json_
+        import os as os_
+        import time as time_
+
+        import ray.train
+        import torch as torch_
+        import torch.distributed as dist
+
+        rank = ray.train.get_context().get_world_rank()
+        info = {"rank": rank, "torch_threads": torch_.get_num_threads(),
+                "interop_threads": torch_.get_num_interop_threads(),
+                "OMP_NUM_THREADS": os_.environ.get("OMP_NUM_THREADS"),
+                "affinity_cores": len(os_.sched_getaffinity(0)),
+                "backend": dist.get_backend() if dist.is_initialized() else None}
+        original(config)
+        if dist.is_initialized():
+            grads = torch_.zeros(n_params)
+            small = torch_.zeros(8)
+            for _ in range(2):
+                dist.all_reduce(grads)
+            times = []
+            for _ in range(5):
+                started = time_.perf_counter()
+                dist.all_reduce(grads)
+                times.append(time_.perf_counter() - started)
+            latency = []
+            for _ in range(20):
+                started = time_.perf_counter()
+                dist.all_reduce(small)
+                latency.append(time_.perf_counter() - started)
+            info["allreduce_grad_s"] = sorted(times)[len(times) // 2]
+            info["allreduce_small_s"] = sorted(latency)[len(latency) // 2]
+        with open(os_.path.join(probe_dir, f"rank-{rank}.json"), "w") as f:
+            json_.dump(info, f)
+
+    return worker
+
+
+def run_ray(cfg: TrainConfig, settings: Settings, probe_dir: Path, n_params: int) -> dict:
+    import mlflow
+
+    import workers.train.trainer as trainer
+
+    original = trainer.train_worker
+    trainer.train_worker = probed(original, str(probe_dir), n_params)
+    try:
+        started = time.perf_counter()
+        result = trainer.train(cfg, settings)
+        wall = time.perf_counter() - started
+    finally:
+        trainer.train_worker = original
+    client = mlflow.MlflowClient(settings.tracking_uri)
+    history = sorted(client.get_metric_history(result.run_id, "tokens_per_s"), key=lambda m: m.step)
+    utilisation = sorted(client.get_metric_history(result.run_id, "utilisation"),
+                         key=lambda m: m.step)
+    probes = [json.loads(p.read_text()) for p in sorted(probe_dir.glob("rank-*.json"))]
+    return {"wall_s": wall, "per_step": [m.value for m in history],
+            "utilisation": [m.value for m in utilisation], "probes": probes}
+
+
+# ---------------------------------------------------------------------------------------------
+# profile of one plain step
+
+CATEGORIES = ("GEMM (linear, experts, LM head)", "attention kernel (SDPA)", "MoE dispatch + router",
+              "loss (log_softmax, nll)", "optimizer (AdamW + grad clip)", "other (elementwise, "
+              "norms, RoPE, masks, autograd)")
+GEMM = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_grouped_mm",
+        "aten::_weight_int8pack_mm", "mkldnn")
+ATTENTION = ("scaled_dot_product", "flash_attention", "_efficient_attention")
+DISPATCH = ("aten::argsort", "aten::sort", "aten::index", "aten::index_add", "aten::index_select",
+            "aten::bincount", "aten::topk", "aten::cumsum", "aten::gather", "aten::scatter",
+            "aten::index_put", "aten::_index_put_impl_", "aten::nonzero", "aten::zeros_like",
+            "aten::embedding_dense_backward", "aten::_softmax", "aten::logsumexp")
+LOSS = ("log_softmax", "nll_loss", "cross_entropy")
+
+
+def category(event) -> str:
+    names = []
+    node = event
+    while node is not None:
+        names.append(node.name)
+        node = node.cpu_parent
+    if any(n.startswith("Optimizer.step") or "clip_grad" in n or "foreach_norm" in n
+           or n.startswith("aten::_foreach") for n in names):
+        return CATEGORIES[4]
+    if any(any(a in n for a in ATTENTION) for n in names):
+        return CATEGORIES[1]
+    if any(g in event.name for g in GEMM):
+        return CATEGORIES[0]
+    if any(n.startswith(LOSS) or any(s in n for s in LOSS) for n in names):
+        return CATEGORIES[3]
+    if any(event.name.startswith(d) for d in DISPATCH):
+        return CATEGORIES[2]
+    return CATEGORIES[5]
+
+
+def profile_step(loop: PlainLoop) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    loop.run(1)  # warm
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        loop.run(1)
+    wall = time.perf_counter() - started
+    shares: dict[str, float] = dict.fromkeys(CATEGORIES, 0.0)
+    top: dict[str, float] = defaultdict(float)
+    for event in prof.events():
+        self_us = event.self_cpu_time_total
+        if self_us <= 0:
+            continue
+        shares[category(event)] += self_us
+        top[event.name] += self_us
+    total = sum(shares.values())
+    return {"wall_s": wall, "self_cpu_s": total / 1e6,
+            "shares": {k: v / total for k, v in shares.items()},
+            "top_ops": sorted(((k, v / total) for k, v in top.items()), key=lambda kv: -kv[1])[:12]}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    args = parse_args(__doc__.split("\n\n")[0])
+    p = QUICK if args.quick else FULL
+    threads = use_all_cores()
+    load_start = os.getloadavg()[0]
+    started_all = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="longmix-train-throughput-"))
+    try:
+        figures = run(args, p, threads, tmp)
+    finally:
+        import ray
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    figures["load_average_1min_start"] = round(load_start, 2)
+    figures["load_average_1min"] = machine_info()["load_average_1min"]
+    figures["total_s"] = round(time.perf_counter() - started_all, 1)
+    emit_json(figures)
+
+
+def run(args, p: dict, threads: int, tmp: Path) -> dict:
+    import ray
+
+    from infra.ray_runtime import ensure_ray
+
+    settings = Settings(home=tmp / "home", ray_num_cpus=RAY_CPUS)
+    t0 = time.perf_counter()
+    ensure_ray(settings)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ray_start_s = time.perf_counter() - t0
+    manifest_uri, build_s = build_corpus(tmp, p["stdlib_bytes"])
+
+    B = p["batch"]
+    ray_steps = p["ray_warmup"] + p["ray_steady"]
+    cfg = TrainConfig(dataset=manifest_uri, steps=ray_steps, batch_size=B, workers=2,
+                      cpus_per_worker=1, eval_every=ray_steps, eval_batches=1,
+                      checkpoint_every=ray_steps, keep_checkpoints=1, max_failures=0,
+                      registered_model=None, run_name="train-throughput")
+    plan = plan_stage(cfg)
+    model_cfg = ModelConfig.from_dict(plan.model)
+    flops_per_token = training_flops_per_token(model_cfg, plan.seq_len)
+    rows = read_train_rows(plan.manifest)
+    n_rows = len(rows["tokens"])
+
+    peak_before = measure_matmul_peak(torch.float32)
+    bf16_peak_before = measure_matmul_peak(torch.bfloat16)
+
+    # plain fp32, first half (after its warm-up)
+    plain = PlainLoop(model_cfg, cfg, rows, 2 * B)
+    n_params = sum(prm.numel() for prm in plain.model.parameters())
+    plain.run(p["plain_warmup"])
+    first_half = p["plain_steady"] // 2
+    plain_samples = plain.run(first_half)
+
+    # one Ray worker's share without Ray: batch B, 1 thread
+    torch.set_num_threads(1)
+    one = PlainLoop(model_cfg, cfg, rows, B)
+    one.run(1)
+    one_samples = one.run(p["one_thread"])
+    torch.set_num_threads(threads)
+    del one
+
+    # Ray Train
+    probe_dir = tmp / "probes"
+    probe_dir.mkdir()
+    ray_run = run_ray(cfg, settings, probe_dir, n_params)
+    ray.shutdown()  # nothing of Ray runs beside the rest (an idle local Ray still polls)
+
+    # plain fp32, second half
+    plain.run(1)  # re-warm the caches after the Ray run
+    plain_samples += plain.run(p["plain_steady"] - first_half)
+
+    # plain bf16 autocast
+    bf16_samples = None
+    flags = machine_info()["cpu_flags"]
+    has_bf16 = flags.get("avx512_bf16") or flags.get("amx_bf16")
+    if has_bf16:
+        bf16 = PlainLoop(model_cfg, cfg, rows, 2 * B, autocast=torch.bfloat16)
+        bf16.run(p["plain_warmup"])
+        bf16_samples = bf16.run(p["bf16_steady"])
+        del bf16
+
+    peak_after = measure_matmul_peak(torch.float32)
+    bf16_peak_after = measure_matmul_peak(torch.bfloat16)
+    peak, bf16_peak = max(peak_before, peak_after), max(bf16_peak_before, bf16_peak_after)
+
+    prof = profile_step(plain)
+
+    # ---- figures
+    plain_tps = tokens_per_s(plain_samples)
+    plain_fastest = max(t / s for s, t in plain_samples)
+    one_tps = tokens_per_s(one_samples)
+    steady = ray_run["per_step"][p["ray_warmup"]:]
+    ray_tps = statistics.median(steady) if steady else float("nan")
+    ray_fastest = max(steady) if steady else float("nan")
+    global_tokens = 2 * B * SEQ_LEN
+    ray_e2e_tps = ray_steps * global_tokens / ray_run["wall_s"]
+    util = plain_tps * flops_per_token / peak
+    bf16_tps = tokens_per_s(bf16_samples) if bf16_samples else None
+    bf16_util = bf16_tps * flops_per_token / bf16_peak if bf16_tps else None
+    probes = ray_run["probes"]
+    worker_threads = sorted({pr["torch_threads"] for pr in probes})
+    allreduce_s = max((pr.get("allreduce_grad_s", 0.0) for pr in probes), default=float("nan"))
+    allreduce_small_s = max((pr.get("allreduce_small_s", 0.0) for pr in probes),
+                            default=float("nan"))
+    ray_step_s = global_tokens / ray_tps
+    plain_step_s = global_tokens / plain_tps
+    one_step_s = B * SEQ_LEN / one_tps
+
+    print_table(
+        f"Training throughput, small preset, seq {SEQ_LEN}, global batch {2 * B} rows "
+        f"({global_tokens} tokens/step), fp32 unless stated",
+        ["path", "torch threads", "steady steps", "step s (median)", "tokens/s (median)",
+         "tokens/s (fastest)", "vs plain"],
+        [["Ray Train, 2 workers x 1 CPU, DDP gloo, B=%d each" % B,
+          "/".join(map(str, worker_threads)) + " per worker", len(steady), f"{ray_step_s:.2f}",
+          f"{ray_tps:.0f}", f"{ray_fastest:.0f}", f"{ray_tps / plain_tps:.3f}"],
+         ["plain process, batch %d" % (2 * B), threads, len(plain_samples), f"{plain_step_s:.2f}",
+          f"{plain_tps:.0f}", f"{plain_fastest:.0f}", "1.000"],
+         ["plain process, batch %d (one worker's share)" % B, 1, len(one_samples),
+          f"{one_step_s:.2f}", f"{one_tps:.0f}", f"{max(t / s for s, t in one_samples):.0f}",
+          f"{one_tps / plain_tps:.3f}"],
+         ["  x2 (two independent 1-thread workers, no DDP)", "1+1", "", "",
+          f"{2 * one_tps:.0f}", "", f"{2 * one_tps / plain_tps:.3f}"]]
+        + ([["plain process, bf16 autocast, batch %d" % (2 * B), threads, len(bf16_samples),
+             f"{global_tokens / bf16_tps:.2f}", f"{bf16_tps:.0f}",
+             f"{max(t / s for s, t in bf16_samples):.0f}", f"{bf16_tps / plain_tps:.3f}"]]
+           if bf16_samples else []),
+        caption=f"Ray end-to-end: train() took {ray_run['wall_s']:.1f} s for {ray_steps} steps "
+                f"({ray_e2e_tps:.0f} tokens/s over the whole call, {ray_e2e_tps / plain_tps:.2f} "
+                f"of plain steady); Ray start {ray_start_s:.1f} s and dataset build {build_s:.1f} s "
+                f"not included. Steady = after {p['ray_warmup']} (Ray) / {p['plain_warmup']} "
+                f"(plain) warm-up steps.")
+
+    print_table(
+        "Utilisation of the measured matmul peak (plain process, 2 threads)",
+        ["precision", "tokens/s", "training GFLOP/s", "matmul peak GFLOP/s", "utilisation",
+         "target"],
+        [["fp32", f"{plain_tps:.0f}", f"{plain_tps * flops_per_token / 1e9:.1f}",
+          f"{peak / 1e9:.1f}", f"{util:.3f}", TARGET_UTIL]]
+        + ([["bf16 autocast", f"{bf16_tps:.0f}", f"{bf16_tps * flops_per_token / 1e9:.1f}",
+             f"{bf16_peak / 1e9:.1f}", f"{bf16_util:.3f}", TARGET_UTIL]] if bf16_tps else []),
+        caption=f"training_flops_per_token(small, {SEQ_LEN}) = {flops_per_token / 1e6:.2f} MFLOP. "
+                f"Peak: fastest 2048^3 matmul, best of before ({peak_before / 1e9:.1f}) and after "
+                f"({peak_after / 1e9:.1f}) the runs; bf16 {bf16_peak_before / 1e9:.1f} / "
+                f"{bf16_peak_after / 1e9:.1f}.")
+
+    print_table(
+        f"Where one plain fp32 step's CPU time goes (torch.profiler, self CPU time, batch {2 * B})",
+        ["category", "share"],
+        [[k, f"{100 * v:.1f}%"] for k, v in prof["shares"].items()],
+        caption=f"profiled step: {prof['wall_s']:.2f} s wall, {prof['self_cpu_s']:.2f} s self CPU "
+                f"(main thread ops). Top ops: "
+                + ", ".join(f"{k} {100 * v:.0f}%" for k, v in prof["top_ops"][:6]))
+
+    print_table(
+        "Ray workers (recorded inside train_worker by a wrapper in this process)",
+        ["rank", "torch threads", "interop threads", "OMP_NUM_THREADS", "cores in affinity",
+         "backend", "all_reduce of grads (ms)", "all_reduce 8 floats (ms)"],
+        [[pr["rank"], pr["torch_threads"], pr["interop_threads"], pr["OMP_NUM_THREADS"],
+          pr["affinity_cores"], pr["backend"], f"{1e3 * pr.get('allreduce_grad_s', float('nan')):.1f}",
+          f"{1e3 * pr.get('allreduce_small_s', float('nan')):.2f}"] for pr in probes],
+        caption=f"gradient buffer: {n_params / 1e6:.2f} M fp32 parameters "
+                f"({4 * n_params / 2 ** 20:.0f} MiB); all_reduce timed after training, 5 repeats, "
+                f"median. Ray steady step {ray_step_s:.2f} s vs one 1-thread worker's compute "
+                f"{one_step_s:.2f} s: {ray_step_s - one_step_s:+.2f} s per step of DDP, Ray and "
+                f"contention overhead.")
+
+    return {
+        "ray_vs_plain": round(ray_tps / plain_tps, 3),
+        "target_ray_vs_plain": TARGET_RAY_VS_PLAIN,
+        "cpu_util_of_matmul_peak": round(util, 3),
+        "target_cpu_util_of_matmul_peak": TARGET_UTIL,
+        "bf16_util_of_matmul_peak": round(bf16_util, 3) if bf16_util is not None else None,
+        "meets_targets": bool(ray_tps / plain_tps >= TARGET_RAY_VS_PLAIN and util >= TARGET_UTIL),
+        "ray_tokens_per_s": round(ray_tps, 1),
+        "ray_tokens_per_s_fastest": round(ray_fastest, 1),
+        "ray_steady_steps": len(steady),
+        "ray_per_step_tokens_per_s": [round(v, 1) for v in ray_run["per_step"]],
+        "ray_train_wall_s": round(ray_run["wall_s"], 1),
+        "ray_e2e_tokens_per_s": round(ray_e2e_tps, 1),
+        "ray_logged_utilisation_median": round(statistics.median(
+            ray_run["utilisation"][p["ray_warmup"]:]), 3) if ray_run["utilisation"] else None,
+        "plain_tokens_per_s": round(plain_tps, 1),
+        "plain_tokens_per_s_fastest": round(plain_fastest, 1),
+        "plain_steady_steps": len(plain_samples),
+        "one_thread_batch_B_tokens_per_s": round(one_tps, 1),
+        "two_independent_workers_vs_plain": round(2 * one_tps / plain_tps, 3),
+        "ray_vs_two_independent_workers": round(ray_tps / (2 * one_tps), 3),
+        "bf16_tokens_per_s": round(bf16_tps, 1) if bf16_tps else None,
+        "bf16_vs_fp32": round(bf16_tps / plain_tps, 3) if bf16_tps else None,
+        "training_flops_per_token": flops_per_token,
+        "fp32_peak_gflops": round(peak / 1e9, 2),
+        "bf16_peak_gflops": round(bf16_peak / 1e9, 2),
+        "plain_training_gflops": round(plain_tps * flops_per_token / 1e9, 2),
+        "worker_torch_threads": worker_threads,
+        "worker_probes": probes,
+        "allreduce_grads_ms": round(1e3 * allreduce_s, 1),
+        "allreduce_small_ms": round(1e3 * allreduce_small_s, 2),
+        "n_params": n_params,
+        "profile_shares": {k: round(v, 3) for k, v in prof["shares"].items()},
+        "profile_top_ops": [[k, round(v, 3)] for k, v in prof["top_ops"]],
+        "batch_per_worker": B,
+        "global_batch_rows": 2 * B,
+        "seq_len": SEQ_LEN,
+        "train_rows": n_rows,
+        "ray_start_s": round(ray_start_s, 1),
+        "dataset_build_s": round(build_s, 1),
+        "torch_threads": threads,
+        "cpu_model": machine_info()["cpu_model"],
+        "quick": args.quick,
+    }
+
+
+if __name__ == "__main__":
+    main()
