@@ -50,7 +50,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from _common import emit_json, machine_info, measure_matmul_peak, parse_args, print_table, \
-    use_all_cores
+    time_interleaved, use_all_cores
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -75,7 +75,7 @@ RAY_CPUS = 3  # 2 training workers x 1 CPU + 1 for Ray Data's reading, as the em
 FULL = dict(batch=4, ray_warmup=3, ray_steady=20, plain_warmup=2, plain_steady=20, one_thread=4,
             bf16_steady=10, stdlib_bytes=600_000)
 QUICK = dict(batch=2, ray_warmup=2, ray_steady=8, plain_warmup=2, plain_steady=8, one_thread=3,
-             bf16_steady=5, stdlib_bytes=150_000)
+             bf16_steady=5, stdlib_bytes=50_000)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,6 +291,25 @@ def profile_step(loop: PlainLoop) -> dict:
             "top_ops": sorted(((k, v / total) for k, v in top.items()), key=lambda kv: -kv[1])[:12]}
 
 
+def optimizer_variants(model_cfg: ModelConfig, cfg: TrainConfig, repeats: int) -> dict[str, float]:
+    """Seconds of one AdamW step over the model's parameters (random gradients): as
+    `make_optimizer` builds it (fused=False, foreach left to torch: the per-tensor loop on CPU),
+    against foreach=True and fused=True with the same groups and hyper-parameters."""
+    torch.manual_seed(0)
+    model = Transformer(model_cfg)
+    for prm in model.parameters():
+        prm.grad = torch.randn_like(prm) * 1e-3
+    base = make_optimizer(model, optim_config(cfg))
+    groups = [{k: v for k, v in g.items() if k in ("params", "weight_decay")} for g in base.param_groups]
+    hyper = {"lr": base.defaults["lr"], "betas": base.defaults["betas"]}
+    variants = {"make_optimizer (fused=False, per-tensor loop)": base,
+                "foreach=True": torch.optim.AdamW(groups, foreach=True, **hyper),
+                "fused=True": torch.optim.AdamW(groups, fused=True, **hyper)}
+    fns = {name: opt.step for name, opt in variants.items()}
+    fns["clip_grad_norm_"] = lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    return time_interleaved(fns, warmup=1, repeats=repeats)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -380,6 +399,8 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
     peak, bf16_peak = max(peak_before, peak_after), max(bf16_peak_before, bf16_peak_after)
 
     prof = profile_step(plain)
+    del plain
+    optim_times = optimizer_variants(model_cfg, cfg, repeats=3 if args.quick else 5)
 
     # ---- figures
     plain_tps = tokens_per_s(plain_samples)
@@ -448,6 +469,13 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
                 f"(main thread ops). Top ops: "
                 + ", ".join(f"{k} {100 * v:.0f}%" for k, v in prof["top_ops"][:6]))
 
+    base_optim = optim_times["make_optimizer (fused=False, per-tensor loop)"]
+    print_table(
+        f"AdamW step over the {n_params / 1e6:.2f} M parameters, 2 threads (median of interleaved "
+        f"repeats)", ["variant", "ms", "vs make_optimizer", "share of a plain step"],
+        [[name, f"{1e3 * t:.1f}", f"{t / base_optim:.2f}", f"{100 * t / plain_step_s:.1f}%"]
+         for name, t in optim_times.items()])
+
     print_table(
         "Ray workers (recorded inside train_worker by a wrapper in this process)",
         ["rank", "torch threads", "interop threads", "OMP_NUM_THREADS", "cores in affinity",
@@ -468,6 +496,7 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
         "target_cpu_util_of_matmul_peak": TARGET_UTIL,
         "bf16_util_of_matmul_peak": round(bf16_util, 3) if bf16_util is not None else None,
         "meets_targets": bool(ray_tps / plain_tps >= TARGET_RAY_VS_PLAIN and util >= TARGET_UTIL),
+        "ray_vs_plain_fastest": round(ray_fastest / plain_fastest, 3),
         "ray_tokens_per_s": round(ray_tps, 1),
         "ray_tokens_per_s_fastest": round(ray_fastest, 1),
         "ray_steady_steps": len(steady),
@@ -490,9 +519,14 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
         "plain_training_gflops": round(plain_tps * flops_per_token / 1e9, 2),
         "worker_torch_threads": worker_threads,
         "worker_probes": probes,
+        "ray_step_s": round(ray_step_s, 3),
+        "plain_step_s": round(plain_step_s, 3),
+        "one_thread_batch_B_step_s": round(one_step_s, 3),
+        "ray_overhead_over_one_worker_s": round(ray_step_s - one_step_s, 3),
         "allreduce_grads_ms": round(1e3 * allreduce_s, 1),
         "allreduce_small_ms": round(1e3 * allreduce_small_s, 2),
         "n_params": n_params,
+        "optimizer_step_ms": {k: round(1e3 * v, 1) for k, v in optim_times.items()},
         "profile_shares": {k: round(v, 3) for k, v in prof["shares"].items()},
         "profile_top_ops": [[k, round(v, 3)] for k, v in prof["top_ops"]],
         "batch_per_worker": B,

@@ -100,7 +100,7 @@ def train_worker(config: dict) -> None:
 
     while state.step < cfg.steps:
         stream = batches(train_shard, cfg, state.epoch, state.batches_done_in_epoch, sft)
-        exhausted = False
+        exhausted, first_step = False, state.step
         while state.step < cfg.steps and not exhausted:
             micro = [b for _, b in zip(range(cfg.grad_accum), stream)]  # range first: zip
             # would otherwise pull (and lose) one batch too many
@@ -139,6 +139,10 @@ def train_worker(config: dict) -> None:
                     ray.train.report(report, checkpoint=Checkpoint.from_directory(str(folder.parent)))
                 else:
                     ray.train.report(report)
+        if state.step == first_step and state.batches_done_in_epoch == 0:
+            raise RuntimeError(f"the {cfg.stage} training data gives a worker no full step of "
+                               f"{cfg.grad_accum} x {cfg.batch_size} rows: lower batch_size or "
+                               "workers, or build a larger dataset")
         if state.step < cfg.steps:
             state.epoch += 1
             state.batches_done_in_epoch = 0

@@ -125,6 +125,33 @@ def test_checkpoints_go_to_s3(dataset, settings, s3_server):
     assert (result.checkpoint / "digest.json").is_file()
 
 
+def test_stages_chain_pretrain_long_context_sft(dataset, settings, tmp_path):
+    pre = train(_config(dataset, steps=2, checkpoint_every=2, eval_every=2, registered_model="chain"),
+                settings)
+    long_data = tmp_path / "long"
+    build_dataset(_spec("train-long", 1024, synthetic={"retrieval": 6, "haystack_tokens": 200},
+                        tokenizer={"path": str(pre.checkpoint / "tokenizer.json")}),
+                  str(long_data), str(tmp_path / "cache"))
+    long = train(_config(long_data, stage="long_context", init_from=str(pre.checkpoint), steps=2,
+                         batch_size=1, checkpoint_every=2, eval_every=2, registered_model="chain"),
+                 settings)
+    config = json.loads((long.checkpoint / "config.json").read_text())
+    assert (config["rope_scaling"], config["rope_factor"], config["max_seq_len"]) == ("yarn", 2.0, 1024)
+    assert config["rope_original_max_seq_len"] == 512
+    sft = train(_config(dataset, stage="sft", init_from=str(long.checkpoint), steps=2, workers=1,
+                        batch_size=1, checkpoint_every=2, eval_every=2, registered_model="chain"),
+                settings)
+    client = MlflowClient(settings.tracking_uri)
+    stages = [client.get_model_version("chain", str(r.model_version)).tags["longmix.stage"]
+              for r in (pre, long, sft)]
+    assert stages == ["pretrain", "long_context", "sft"]
+    with pytest.raises(TrainConfigError, match="different tokenizer"):
+        other = tmp_path / "other"
+        build_dataset(_spec("other", 128, tokenizer={"vocab_size": 280, "sample_bytes": 20000}),
+                      str(other), str(tmp_path / "cache"))
+        plan_stage(_config(other, stage="sft", init_from=str(pre.checkpoint)))
+
+
 def test_bad_configurations_are_refused_before_any_worker(dataset, tmp_path):
     with pytest.raises(TrainConfigError, match="seq_len=256: the dataset packs rows of 128"):
         plan_stage(_config(dataset, seq_len=256))
