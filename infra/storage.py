@@ -60,6 +60,12 @@ def resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(uri).resolve())
 
 
+def absolute(uri: str | Path) -> str:
+    """s3:// URIs as they are; local paths (and file://) made absolute."""
+    fs, path = resolve(uri)
+    return to_uri(fs, path)
+
+
 def join(base: str, *parts: str) -> str:
     return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
 

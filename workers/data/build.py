@@ -28,8 +28,8 @@ import torch
 from ray.data import SaveMode
 from ray.data.datasource import FilenameProvider
 
-from infra.storage import (delete_dir, exists, join, list_files, read_bytes, resolve, storage_env,
-                           write_bytes)
+from infra.storage import (absolute, delete_dir, exists, join, list_files, read_bytes, resolve,
+                           storage_env, write_bytes)
 from model.config import get_preset
 from model.tokenizer import EOS_ID, MediaPart, Tokenizer
 from workers.data.manifest import (DOCUMENTS_NAME, MANIFEST_NAME, TOKENIZER_NAME, describe_split,
@@ -326,6 +326,7 @@ def build_dataset(spec: CorpusSpec, out: str, cache_dir: str, *, overwrite: bool
 
     phase = timed_phases(on_phase)
     started = time.perf_counter()
+    out = absolute(out)  # shard paths in the manifest are relative to this
     if exists(join(out, MANIFEST_NAME)) and not overwrite:
         raise BuildError(f"{out} already holds a dataset; pass overwrite to replace it")
     ensure_ray()

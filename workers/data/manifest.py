@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 import pyarrow.parquet as pq
 
-from infra.storage import exists, join, list_files, read_bytes, resolve, write_bytes
+from infra.storage import absolute, exists, join, list_files, read_bytes, resolve, write_bytes
 from model.tokenizer import PAD_ID, PLACEHOLDER_IDS
 
 SCHEMA_VERSION = 1
@@ -46,6 +46,7 @@ def describe_shard(root: str, uri: str) -> dict:
 
 
 def describe_split(root: str, split: str) -> dict:
+    root = absolute(root)  # listed shards come back absolute; their manifest paths are relative
     folder = join(root, split)
     uris = list_files(folder) if exists(folder) else []  # a split may be empty (0 percent)
     shards = [describe_shard(root, u) for u in uris if u.endswith(".parquet")]
@@ -72,6 +73,7 @@ def write_manifest(root: str, manifest: dict) -> tuple[str, dict]:
 
 def read_manifest(uri: str) -> dict:
     """Load a manifest (its URI, or the dataset folder holding it) and check its own digest."""
+    uri = absolute(uri)
     if not uri.endswith(".json"):
         uri = join(uri, MANIFEST_NAME)
     try:
