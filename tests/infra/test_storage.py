@@ -24,7 +24,7 @@ def test_local_listing_globs_limits_and_absolute_paths(tmp_path, monkeypatch):
 def test_shard_paths_are_relative_to_a_relative_dataset_root(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ds" / "train").mkdir(parents=True)
-    pq.write_table(pa.table({"tokens": [[5, 6, 7]]}), tmp_path / "ds" / "train" / "s.parquet")
+    pq.write_table(pa.table({"tokens": [[20, 21, 22]]}), tmp_path / "ds" / "train" / "s.parquet")
     split = describe_split("ds", "train")
     assert [s["path"] for s in split["shards"]] == ["train/s.parquet"]
     assert split["rows"] == 1 and split["tokens"]["text"] == 3
