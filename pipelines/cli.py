@@ -26,6 +26,8 @@ def data_build(
     out: str = typer.Option(".longmix/datasets/demo", help="output folder or s3:// prefix"),
     overwrite: bool = typer.Option(False, help="replace a dataset already at --out"),
     mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="log the dataset to MLflow"),
+    tokenizer: str | None = typer.Option(None, help="use this tokenizer.json (e.g. a checkpoint's) "
+                                         "instead of the spec's"),
 ) -> None:
     """Preprocess a corpus into packed Parquet shards and a manifest, with Ray Data."""
     from infra.settings import get_settings
@@ -34,6 +36,9 @@ def data_build(
 
     try:
         corpus = load_spec(spec)  # refused here, before Ray starts, if anything is wrong
+        if tokenizer:
+            corpus = corpus.model_copy(update={"tokenizer": corpus.tokenizer.model_copy(
+                update={"path": tokenizer, "sha256": None})})
     except SpecError as e:
         console.print(f"[red]bad corpus spec:[/] {e}")
         raise typer.Exit(2) from e

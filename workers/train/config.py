@@ -122,14 +122,21 @@ def plan_stage(cfg: TrainConfig) -> Plan:
         except ConfigError as e:
             raise TrainConfigError(f"preset: {e}") from e
     if cfg.stage == "long_context":
-        if seq_len <= model.max_seq_len and model.rope_scaling == "none":
+        # extend the context the model was trained at (its max_seq_len) with RoPE scaling
+        if seq_len <= model.max_seq_len:
             raise TrainConfigError(f"long_context: the dataset's rows of {seq_len} tokens are not longer "
-                                   f"than the model's context of {model.max_seq_len}; build a "
-                                   "long-context dataset")
+                                   f"than the {model.max_seq_len} the model was trained at; build a "
+                                   "long-context dataset (packing.seq_len)")
         model = model.replace(rope_scaling=cfg.rope_scaling,
                               rope_original_max_seq_len=model.max_seq_len,
-                              rope_factor=max(1.0, seq_len / model.max_seq_len),
-                              max_seq_len=max(seq_len, model.max_seq_len))
+                              rope_factor=seq_len / model.max_seq_len, max_seq_len=seq_len)
+    elif not cfg.init_from:
+        # pretraining sets the model's context to the length it is trained at
+        if seq_len > model.max_seq_len:
+            raise TrainConfigError(f"the dataset packs rows of {seq_len} tokens, beyond the "
+                                   f"{cfg.preset or manifest['preset']} preset's context of "
+                                   f"{model.max_seq_len}")
+        model = model.replace(max_seq_len=seq_len, rope_original_max_seq_len=seq_len)
     elif seq_len > model.max_seq_len:
         raise TrainConfigError(f"the dataset packs rows of {seq_len} tokens, beyond the model's context "
                                f"of {model.max_seq_len}: use the long_context stage")

@@ -136,8 +136,8 @@ def test_stages_chain_pretrain_long_context_sft(dataset, settings, tmp_path):
                          batch_size=1, checkpoint_every=2, eval_every=2, registered_model="chain"),
                  settings)
     config = json.loads((long.checkpoint / "config.json").read_text())
-    assert (config["rope_scaling"], config["rope_factor"], config["max_seq_len"]) == ("yarn", 2.0, 1024)
-    assert config["rope_original_max_seq_len"] == 512
+    assert (config["rope_scaling"], config["rope_factor"], config["max_seq_len"]) == ("yarn", 8.0, 1024)
+    assert config["rope_original_max_seq_len"] == 128  # the context pretraining ran at
     sft = train(_config(dataset, stage="sft", init_from=str(long.checkpoint), steps=2, workers=1,
                         batch_size=1, checkpoint_every=2, eval_every=2, registered_model="chain"),
                 settings)
