@@ -73,9 +73,9 @@ SEQ_LEN = 512
 RAY_CPUS = 3  # 2 training workers x 1 CPU + 1 for Ray Data's reading, as the embedded default
 
 FULL = dict(batch=4, ray_warmup=3, ray_steady=20, plain_warmup=2, plain_steady=20, one_thread=4,
-            bf16_steady=10, stdlib_bytes=600_000)
+            bf16_steady=10, no_ray_warmup=3, no_ray_steps=8, stdlib_bytes=600_000)
 QUICK = dict(batch=2, ray_warmup=2, ray_steady=8, plain_warmup=2, plain_steady=8, one_thread=3,
-             bf16_steady=5, stdlib_bytes=50_000)
+             bf16_steady=5, no_ray_warmup=2, no_ray_steps=3, stdlib_bytes=50_000)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,6 +234,70 @@ def run_ray(cfg: TrainConfig, settings: Settings, probe_dir: Path, n_params: int
 
 
 # ---------------------------------------------------------------------------------------------
+# the workers' loop without Ray: 2 spawned processes x 1 thread, with and without DDP
+
+
+DDP_MODES = ("independent (no DDP)", "DDP gloo, find_unused_parameters=True (as prepare_model)",
+             "same + bf16_compress_hook")
+
+
+def _ddp_child(rank: int, mode: str, port: int, manifest: dict, model_cfg: dict, cfg: dict,
+               batch: int, warmup: int, steps: int, queue) -> None:
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)  # what Ray's OMP_NUM_THREADS=1 gives each 1-CPU worker
+    train_cfg = TrainConfig.model_validate(cfg)
+    rows = read_train_rows(manifest)
+    loop = PlainLoop(ModelConfig.from_dict(model_cfg), train_cfg, rows, 2 * batch)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    model = loop.model
+    if mode != DDP_MODES[0]:
+        model = DistributedDataParallel(model, find_unused_parameters=True)
+        if mode == DDP_MODES[2]:
+            model.register_comm_hook(None, default_hooks.bf16_compress_hook)
+    times = []
+    for i in range(warmup + steps):
+        columns = loop.batches.rows
+        start = (i * 2 + rank) * batch % (len(columns["tokens"]) - batch)
+        micro = collate({k: v[start:start + batch] for k, v in columns.items()})
+        dist.barrier()  # both ranks start the step together, as the worker's all_reduce makes them
+        started = time.perf_counter()
+        train_step(model, loop.optimizer, [micro], i, loop.optim)
+        times.append(time.perf_counter() - started)
+    dist.barrier()
+    dist.destroy_process_group()
+    queue.put((rank, times[warmup:]))
+
+
+def run_without_ray(manifest: dict, model_cfg: ModelConfig, cfg: TrainConfig, batch: int,
+                    warmup: int, steps: int) -> dict[str, float]:
+    """Median step seconds (the slower rank's median) of each mode in DDP_MODES."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = {}
+    for mode in DDP_MODES:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_ddp_child, args=(rank, mode, port, manifest, model_cfg.to_dict(),
+                                                      cfg.model_dump(), batch, warmup, steps, queue))
+                 for rank in range(2)]
+        for proc in procs:
+            proc.start()
+        results = [queue.get(timeout=900) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=60)
+        out[mode] = max(statistics.median(times) for _, times in results)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # profile of one plain step
 
 CATEGORIES = ("GEMM (linear, experts, LM head)", "attention kernel (SDPA)", "MoE dispatch + router",
@@ -374,6 +438,9 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
     torch.set_num_threads(threads)
     del one
 
+    # the workers' loop without Ray (2 processes x 1 thread), with and without DDP
+    no_ray = run_without_ray(plan.manifest, model_cfg, cfg, B, p["no_ray_warmup"], p["no_ray_steps"])
+
     # Ray Train
     probe_dir = tmp / "probes"
     probe_dir.mkdir()
@@ -469,6 +536,19 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
                 f"(main thread ops). Top ops: "
                 + ", ".join(f"{k} {100 * v:.0f}%" for k, v in prof["top_ops"][:6]))
 
+    print_table(
+        f"The workers' loop without Ray: 2 spawned processes x 1 torch thread, batch {B} each "
+        f"(global {2 * B}), {p['no_ray_steps']} steps after {p['no_ray_warmup']} warm-up",
+        ["mode", "step s (median, slower rank)", "tokens/s", "vs plain", "vs independent"],
+        [[mode, f"{t:.3f}", f"{global_tokens / t:.0f}", f"{plain_step_s / t:.3f}",
+          f"{no_ray[DDP_MODES[0]] / t:.3f}"] for mode, t in no_ray.items()]
+        + [["Ray Train (above)", f"{ray_step_s:.3f}", f"{ray_tps:.0f}", f"{ray_tps / plain_tps:.3f}",
+            f"{no_ray[DDP_MODES[0]] / ray_step_s:.3f}"]],
+        caption="Same train_step, model, optimizer and batches as the Ray workers; each step "
+                "starts on a barrier. The DDP row differs from the independent row only by DDP "
+                "(bucketed gloo all_reduce, unused-parameter search); Ray Train differs from "
+                "the DDP row by Ray (streamed data, MLflow logging, actors).")
+
     base_optim = optim_times["make_optimizer (fused=False, per-tensor loop)"]
     print_table(
         f"AdamW step over the {n_params / 1e6:.2f} M parameters, 2 threads (median of interleaved "
@@ -523,6 +603,9 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
         "plain_step_s": round(plain_step_s, 3),
         "one_thread_batch_B_step_s": round(one_step_s, 3),
         "ray_overhead_over_one_worker_s": round(ray_step_s - one_step_s, 3),
+        "no_ray_step_s": {k: round(v, 3) for k, v in no_ray.items()},
+        "no_ray_ddp_vs_independent": round(no_ray[DDP_MODES[0]] / no_ray[DDP_MODES[1]], 3),
+        "ray_vs_no_ray_ddp": round(no_ray[DDP_MODES[1]] / ray_step_s, 3),
         "allreduce_grads_ms": round(1e3 * allreduce_s, 1),
         "allreduce_small_ms": round(1e3 * allreduce_small_s, 2),
         "n_params": n_params,
