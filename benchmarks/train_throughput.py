@@ -24,6 +24,15 @@ What it measures, with the same global batch of 2B rows x 512 tokens per optimiz
   * plain 1 thread, batch B: what one Ray worker computes per step, without Ray or DDP; twice its
             tokens/s is what 2 independent 1-thread workers could reach.
   * plain bf16: `train_step(..., autocast_dtype=torch.bfloat16)`, 2 threads, batch 2B.
+  * without Ray: the workers' loop in 2 spawned processes x 1 torch thread (batch B each), once
+            independent and once wrapped in DDP over gloo with find_unused_parameters=True (as
+            `prepare_model` is called): separates the cost of DDP from the cost of Ray.
+  * cores: during Ray's steady steps, CPU seconds of every process (/proc, every second) grouped
+            into the workers' training threads, their other threads, Ray Data, other Ray actors,
+            Ray daemons, this process, other visible processes, and work not visible here
+            (/proc/stat's busy time minus all of that: other containers on the same cores).
+  * optimizer: one AdamW step as `make_optimizer` builds it against foreach=True / fused=True,
+            and clip_grad_norm_, timed interleaved.
   * profile: torch.profiler over one plain fp32 step: self CPU time by category (GEMM, attention
             kernel, MoE dispatch/routing, loss, optimizer, other).
 
@@ -34,8 +43,16 @@ Figures:
                             target >= 0.4); bf16_util_of_matmul_peak likewise for bf16 autocast
                             against the bf16 peak (where the CPU has avx512_bf16 or AMX).
 
-    python benchmarks/train_throughput.py          # B=4 (global 8 x 512), Ray 3+20 steps, ~5 min
-    python benchmarks/train_throughput.py --quick  # B=2 (global 4 x 512), Ray 2+8 steps, ~2-3 min
+    python benchmarks/train_throughput.py          # B=4 (global 8 x 512), Ray 3+20 steps; ~4 min
+                                                   # on a quiet machine, 7-10 min on a busy one
+    python benchmarks/train_throughput.py --quick  # B=2 (global 4 x 512), Ray 2+8 steps; ~2.5 min
+                                                   # quiet (most of it the dataset build), 5 busy
+
+How to read it on a shared machine: other work slows a 2-thread process (OpenMP barriers wait
+for a descheduled thread, thousands of parallel regions per step) far more than two 1-thread
+processes, so under contention `ray_vs_plain` rises well above 1 and the utilisation drops;
+`*_fastest` figures and the "cores" table (work not visible here, other processes) show it.
+Compare figures only from runs whose load average stayed near 2.
 """
 
 from __future__ import annotations
@@ -49,8 +66,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from _common import emit_json, machine_info, measure_matmul_peak, parse_args, print_table, \
-    time_interleaved, use_all_cores
+from _common import available_cores, emit_json, machine_info, measure_matmul_peak, parse_args, \
+    print_table, time_interleaved, use_all_cores
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -153,8 +170,8 @@ class PlainLoop:
         for _ in range(steps):
             batch = self.batches.next()
             started = time.perf_counter()
-            result = train_step(self.model, self.optimizer, [batch], self.step % self.optim.total_steps,
-                                self.optim, self.autocast)
+            result = train_step(self.model, self.optimizer, [batch], self.step, self.optim,
+                                self.autocast)
             out.append((time.perf_counter() - started, result.tokens))
             self.step += 1
         return out
@@ -211,7 +228,159 @@ def probed(original, probe_dir: str, n_params: int):
     return worker
 
 
-def run_ray(cfg: TrainConfig, settings: Settings, probe_dir: Path, n_params: int) -> dict:
+CPU_GROUPS = ("Ray Train workers: training thread", "Ray Train workers: other threads",
+              "Ray Data streaming (SplitCoordinator, read tasks)", "other Ray actors and tasks",
+              "Ray daemons (raylet, GCS, agents)", "driver (this process)",
+              "other processes visible here", "other work not visible here (another container)")
+
+
+class CpuSampler:
+    """CPU seconds of every visible process (and of each Ray Train worker's threads), sampled from
+    /proc every `every` s by a thread, with the machine's busy time from /proc/stat (which also
+    counts work in other containers), to account for the cores during a window."""
+
+    def __init__(self, every: float = 1.0):
+        import threading
+
+        self.every, self.me = every, os.getpid()
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.samples: list[tuple[float, dict[tuple, float], float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.samples.append(self._sample())
+            except OSError:
+                pass
+            if self._stop.wait(self.every):
+                self.samples.append(self._sample())
+                return
+
+    @staticmethod
+    def _stat(path: str) -> tuple[str, int, int]:
+        """(comm, ppid, utime + stime ticks) of /proc/<pid>[/task/<tid>]/stat."""
+        with open(path) as f:
+            text = f.read()
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        fields = text[text.rindex(")") + 2:].split()
+        return comm, int(fields[1]), int(fields[11]) + int(fields[12])
+
+    @staticmethod
+    def _name(pid: int) -> str:
+        """The command line, read every time: Ray re-titles a pooled worker process
+        (ray::IDLE -> ray::RayTrainWorker, ray::ReadParquet..., ...)."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def _sample(self) -> tuple[float, dict[tuple, float], float]:
+        """(time, {key: CPU seconds}, machine busy seconds); keys ("train", pid, tid),
+        ("ray", title, pid), ("daemon", name, pid), ("driver", pid), ("visible", pid)."""
+        when = time.time()
+        procs: dict[int, tuple[int, int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    _, ppid, ticks = self._stat(f"/proc/{entry}/stat")
+                except (OSError, ValueError):
+                    continue
+                procs[int(entry)] = (ppid, ticks)
+        ours = {self.me}
+        changed = True
+        while changed:  # descendants of this process: its local Ray and everything Ray started
+            changed = False
+            for pid, (ppid, _) in procs.items():
+                if ppid in ours and pid not in ours:
+                    ours.add(pid)
+                    changed = True
+        seconds: dict[tuple, float] = {}
+        for pid, (_, ticks) in procs.items():
+            name = self._name(pid)
+            if pid not in ours:
+                seconds[("visible", pid)] = ticks / self.tick
+            elif pid == self.me:
+                seconds[("driver", pid)] = ticks / self.tick
+            elif name.startswith("ray::RayTrainWorker"):
+                try:
+                    tids = os.listdir(f"/proc/{pid}/task")
+                except OSError:
+                    continue
+                for tid in tids:
+                    try:
+                        _, _, thread_ticks = self._stat(f"/proc/{pid}/task/{tid}/stat")
+                    except (OSError, ValueError):
+                        continue
+                    seconds[("train", pid, int(tid))] = thread_ticks / self.tick
+            elif name.startswith("ray::") or "default_worker" in name:
+                title = name.split()[0] if name.startswith("ray::") else "ray worker (starting)"
+                seconds[("ray", title, pid)] = ticks / self.tick
+            else:
+                exe = next((Path(w).name for w in name.split() if w.endswith(".py")),
+                           Path(name.split()[0]).name if name else "?")
+                seconds[("daemon", exe, pid)] = ticks / self.tick
+        with open("/proc/stat") as f:
+            cpu = [int(v) for v in f.readline().split()[1:]]
+        busy = (sum(cpu[:8]) - cpu[3] - cpu[4]) / self.tick  # all but idle and iowait
+        return when, seconds, busy
+
+    def between(self, start: float, end: float) -> dict:
+        """Cores used per group (CPU-s / wall-s) between the samples nearest to start and end,
+        plus the busiest Ray process titles ("ray_titles")."""
+        if len(self.samples) < 2:
+            return {}
+        a = min(self.samples, key=lambda s: abs(s[0] - start))
+        b = min(self.samples, key=lambda s: abs(s[0] - end))
+        wall = b[0] - a[0]
+        if wall <= 0:
+            return {}
+        # a key new in b started inside the window: all its time is in it
+        delta = {k: max(0.0, v - a[1].get(k, 0.0)) for k, v in b[1].items()}
+        groups = dict.fromkeys(CPU_GROUPS, 0.0)
+        per_worker: dict[int, list[float]] = defaultdict(list)
+        titles: dict[str, float] = defaultdict(float)
+        for key, sec in delta.items():
+            kind = key[0]
+            if kind == "train":
+                per_worker[key[1]].append(sec)
+            elif kind == "ray":
+                titles[key[1]] += sec
+                data = any(w in key[1] for w in ("SplitCoordinator", "Read", "SplitBlocks"))
+                groups[CPU_GROUPS[2 if data else 3]] += sec
+            elif kind == "daemon":
+                titles[key[1]] += sec
+                groups[CPU_GROUPS[4]] += sec
+            elif kind == "driver":
+                groups[CPU_GROUPS[5]] += sec
+            else:
+                groups[CPU_GROUPS[6]] += sec
+        for threads in per_worker.values():  # the busiest thread of a worker runs the model
+            groups[CPU_GROUPS[0]] += max(threads)
+            groups[CPU_GROUPS[1]] += sum(threads) - max(threads)
+        busy = b[2] - a[2]
+        groups[CPU_GROUPS[7]] = max(0.0, busy - sum(groups.values()))
+        cores = {g: v / wall for g, v in groups.items()}
+        cores["machine busy (all cores, /proc/stat)"] = busy / wall
+        cores["window_s"] = wall
+        cores["train_workers"] = len(per_worker)
+        cores["ray_titles"] = {t: round(v / wall, 3) for t, v in
+                               sorted(titles.items(), key=lambda kv: -kv[1])[:8]}
+        return cores
+
+
+def run_ray(cfg: TrainConfig, settings: Settings, probe_dir: Path, n_params: int,
+            warmup: int) -> dict:
     import mlflow
 
     import workers.train.trainer as trainer
@@ -219,9 +388,10 @@ def run_ray(cfg: TrainConfig, settings: Settings, probe_dir: Path, n_params: int
     original = trainer.train_worker
     trainer.train_worker = probed(original, str(probe_dir), n_params)
     try:
-        started = time.perf_counter()
-        result = trainer.train(cfg, settings)
-        wall = time.perf_counter() - started
+        with CpuSampler() as sampler:
+            started = time.perf_counter()
+            result = trainer.train(cfg, settings)
+            wall = time.perf_counter() - started
     finally:
         trainer.train_worker = original
     client = mlflow.MlflowClient(settings.tracking_uri)
@@ -229,22 +399,35 @@ def run_ray(cfg: TrainConfig, settings: Settings, probe_dir: Path, n_params: int
     utilisation = sorted(client.get_metric_history(result.run_id, "utilisation"),
                          key=lambda m: m.step)
     probes = [json.loads(p.read_text()) for p in sorted(probe_dir.glob("rank-*.json"))]
+    # the steady steps' window: from the end of the last warm-up step to the end of the last one
+    cpu = {}
+    if len(history) > warmup:
+        cpu = sampler.between(history[warmup - 1].timestamp / 1e3 if warmup else
+                              history[0].timestamp / 1e3, history[-1].timestamp / 1e3)
     return {"wall_s": wall, "per_step": [m.value for m in history],
-            "utilisation": [m.value for m in utilisation], "probes": probes}
+            "utilisation": [m.value for m in utilisation], "probes": probes, "cpu_cores": cpu}
 
 
 # ---------------------------------------------------------------------------------------------
 # the workers' loop without Ray: 2 spawned processes x 1 thread, with and without DDP
 
 
-DDP_MODES = ("independent (no DDP)", "DDP gloo, find_unused_parameters=True (as prepare_model)",
-             "same + bf16_compress_hook")
+DDP_MODES = ("independent (no DDP)", "DDP gloo, find_unused_parameters=True (as prepare_model)")
 
 
 def _ddp_child(rank: int, mode: str, port: int, manifest: dict, model_cfg: dict, cfg: dict,
                batch: int, warmup: int, steps: int, queue) -> None:
+    try:
+        queue.put((rank, _ddp_steps(rank, mode, port, manifest, model_cfg, cfg, batch, warmup,
+                                    steps)))
+    except BaseException as e:  # the parent waits on the queue: never leave it waiting
+        queue.put((rank, f"{type(e).__name__}: {e}"))
+        raise
+
+
+def _ddp_steps(rank: int, mode: str, port: int, manifest: dict, model_cfg: dict, cfg: dict,
+               batch: int, warmup: int, steps: int) -> list[float]:
     import torch.distributed as dist
-    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from torch.nn.parallel import DistributedDataParallel
 
     torch.set_num_threads(1)  # what Ray's OMP_NUM_THREADS=1 gives each 1-CPU worker
@@ -255,8 +438,6 @@ def _ddp_child(rank: int, mode: str, port: int, manifest: dict, model_cfg: dict,
     model = loop.model
     if mode != DDP_MODES[0]:
         model = DistributedDataParallel(model, find_unused_parameters=True)
-        if mode == DDP_MODES[2]:
-            model.register_comm_hook(None, default_hooks.bf16_compress_hook)
     times = []
     for i in range(warmup + steps):
         columns = loop.batches.rows
@@ -268,7 +449,7 @@ def _ddp_child(rank: int, mode: str, port: int, manifest: dict, model_cfg: dict,
         times.append(time.perf_counter() - started)
     dist.barrier()
     dist.destroy_process_group()
-    queue.put((rank, times[warmup:]))
+    return times[warmup:]
 
 
 def run_without_ray(manifest: dict, model_cfg: ModelConfig, cfg: TrainConfig, batch: int,
@@ -285,14 +466,17 @@ def run_without_ray(manifest: dict, model_cfg: ModelConfig, cfg: TrainConfig, ba
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         queue = ctx.Queue()
-        procs = [ctx.Process(target=_ddp_child, args=(rank, mode, port, manifest, model_cfg.to_dict(),
-                                                      cfg.model_dump(), batch, warmup, steps, queue))
-                 for rank in range(2)]
+        args = (mode, port, manifest, model_cfg.to_dict(), cfg.model_dump(), batch, warmup, steps,
+                queue)
+        procs = [ctx.Process(target=_ddp_child, args=(rank, *args)) for rank in range(2)]
         for proc in procs:
             proc.start()
         results = [queue.get(timeout=900) for _ in procs]
         for proc in procs:
             proc.join(timeout=60)
+        failed = [r for r in results if isinstance(r[1], str)]
+        if failed:
+            raise RuntimeError(f"{mode}: rank {failed[0][0]} failed: {failed[0][1]}")
         out[mode] = max(statistics.median(times) for _, times in results)
     return out
 
@@ -301,8 +485,10 @@ def run_without_ray(manifest: dict, model_cfg: ModelConfig, cfg: TrainConfig, ba
 # profile of one plain step
 
 CATEGORIES = ("GEMM (linear, experts, LM head)", "attention kernel (SDPA)", "MoE dispatch + router",
-              "loss (log_softmax, nll)", "optimizer (AdamW + grad clip)", "other (elementwise, "
-              "norms, RoPE, masks, autograd)")
+              "loss (log_softmax, nll)", "optimizer (AdamW + grad clip)",
+              "dtype casts and copies (aten::copy_, _to_copy)", "other (elementwise, norms, RoPE, "
+              "masks, autograd)")
+CASTS = ("aten::copy_", "aten::_to_copy", "aten::to", "aten::clone")
 GEMM = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_grouped_mm",
         "aten::_weight_int8pack_mm", "mkldnn")
 ATTENTION = ("scaled_dot_product", "flash_attention", "_efficient_attention")
@@ -330,7 +516,9 @@ def category(event) -> str:
         return CATEGORIES[3]
     if any(event.name.startswith(d) for d in DISPATCH):
         return CATEGORIES[2]
-    return CATEGORIES[5]
+    if event.name in CASTS:
+        return CATEGORIES[5]
+    return CATEGORIES[6]
 
 
 def profile_step(loop: PlainLoop) -> dict:
@@ -364,7 +552,8 @@ def optimizer_variants(model_cfg: ModelConfig, cfg: TrainConfig, repeats: int) -
     for prm in model.parameters():
         prm.grad = torch.randn_like(prm) * 1e-3
     base = make_optimizer(model, optim_config(cfg))
-    groups = [{k: v for k, v in g.items() if k in ("params", "weight_decay")} for g in base.param_groups]
+    groups = [{k: v for k, v in g.items() if k in ("params", "weight_decay")}
+              for g in base.param_groups]
     hyper = {"lr": base.defaults["lr"], "betas": base.defaults["betas"]}
     variants = {"make_optimizer (fused=False, per-tensor loop)": base,
                 "foreach=True": torch.optim.AdamW(groups, foreach=True, **hyper),
@@ -439,12 +628,13 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
     del one
 
     # the workers' loop without Ray (2 processes x 1 thread), with and without DDP
-    no_ray = run_without_ray(plan.manifest, model_cfg, cfg, B, p["no_ray_warmup"], p["no_ray_steps"])
+    no_ray = run_without_ray(plan.manifest, model_cfg, cfg, B, p["no_ray_warmup"],
+                             p["no_ray_steps"])
 
     # Ray Train
     probe_dir = tmp / "probes"
     probe_dir.mkdir()
-    ray_run = run_ray(cfg, settings, probe_dir, n_params)
+    ray_run = run_ray(cfg, settings, probe_dir, n_params, p["ray_warmup"])
     ray.shutdown()  # nothing of Ray runs beside the rest (an idle local Ray still polls)
 
     # plain fp32, second half
@@ -467,6 +657,9 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
 
     prof = profile_step(plain)
     del plain
+    prof_bf16 = None
+    if has_bf16:
+        prof_bf16 = profile_step(PlainLoop(model_cfg, cfg, rows, 2 * B, autocast=torch.bfloat16))
     optim_times = optimizer_variants(model_cfg, cfg, repeats=3 if args.quick else 5)
 
     # ---- figures
@@ -511,7 +704,8 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
            if bf16_samples else []),
         caption=f"Ray end-to-end: train() took {ray_run['wall_s']:.1f} s for {ray_steps} steps "
                 f"({ray_e2e_tps:.0f} tokens/s over the whole call, {ray_e2e_tps / plain_tps:.2f} "
-                f"of plain steady); Ray start {ray_start_s:.1f} s and dataset build {build_s:.1f} s "
+                f"of plain steady); Ray start {ray_start_s:.1f} s and dataset build "
+                f"{build_s:.1f} s "
                 f"not included. Steady = after {p['ray_warmup']} (Ray) / {p['plain_warmup']} "
                 f"(plain) warm-up steps.")
 
@@ -528,13 +722,19 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
                 f"({peak_after / 1e9:.1f}) the runs; bf16 {bf16_peak_before / 1e9:.1f} / "
                 f"{bf16_peak_after / 1e9:.1f}.")
 
+    profiles = {"fp32": prof, **({"bf16 autocast": prof_bf16} if prof_bf16 else {})}
     print_table(
-        f"Where one plain fp32 step's CPU time goes (torch.profiler, self CPU time, batch {2 * B})",
-        ["category", "share"],
-        [[k, f"{100 * v:.1f}%"] for k, v in prof["shares"].items()],
-        caption=f"profiled step: {prof['wall_s']:.2f} s wall, {prof['self_cpu_s']:.2f} s self CPU "
-                f"(main thread ops). Top ops: "
-                + ", ".join(f"{k} {100 * v:.0f}%" for k, v in prof["top_ops"][:6]))
+        f"Where one plain step's CPU time goes (torch.profiler, self CPU time, batch {2 * B}, "
+        f"{threads} threads)",
+        ["category", *(f"{k} share" for k in profiles), *(f"{k} s" for k in profiles)],
+        [[c, *(f"{100 * pr['shares'][c]:.1f}%" for pr in profiles.values()),
+          *(f"{pr['shares'][c] * pr['wall_s']:.3f}" for pr in profiles.values())]
+         for c in CATEGORIES],
+        caption="profiled step (after one warm step): "
+                + "; ".join(f"{k} {pr['wall_s']:.2f} s wall, top ops "
+                            + ", ".join(f"{n} {100 * v:.0f}%" for n, v in pr["top_ops"][:5])
+                            for k, pr in profiles.items())
+                + ". s = share x the profiled step's wall time (profiler overhead included).")
 
     print_table(
         f"The workers' loop without Ray: 2 spawned processes x 1 torch thread, batch {B} each "
@@ -542,12 +742,28 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
         ["mode", "step s (median, slower rank)", "tokens/s", "vs plain", "vs independent"],
         [[mode, f"{t:.3f}", f"{global_tokens / t:.0f}", f"{plain_step_s / t:.3f}",
           f"{no_ray[DDP_MODES[0]] / t:.3f}"] for mode, t in no_ray.items()]
-        + [["Ray Train (above)", f"{ray_step_s:.3f}", f"{ray_tps:.0f}", f"{ray_tps / plain_tps:.3f}",
-            f"{no_ray[DDP_MODES[0]] / ray_step_s:.3f}"]],
+        + [["Ray Train (above)", f"{ray_step_s:.3f}", f"{ray_tps:.0f}",
+            f"{ray_tps / plain_tps:.3f}", f"{no_ray[DDP_MODES[0]] / ray_step_s:.3f}"]],
         caption="Same train_step, model, optimizer and batches as the Ray workers; each step "
                 "starts on a barrier. The DDP row differs from the independent row only by DDP "
                 "(bucketed gloo all_reduce, unused-parameter search); Ray Train differs from "
                 "the DDP row by Ray (streamed data, MLflow logging, actors).")
+
+    cpu = ray_run["cpu_cores"]
+    if cpu:
+        print_table(
+            f"Who used the {available_cores()} cores during Ray's steady steps (CPU-s per wall-s, "
+            f"sampled from /proc every second)",
+            ["process group", "cores", "CPU-s per step"],
+            [[g, f"{v:.2f}", f"{v * ray_step_s:.2f}"] for g, v in cpu.items()
+             if g not in ("window_s", "train_workers", "ray_titles")],
+            caption=f"window: {cpu['window_s']:.1f} s (the steady steps' MLflow timestamps), "
+                    f"{cpu['train_workers']} Ray Train worker processes. A worker's busiest thread "
+                    "runs the model; its other threads are gloo's, Ray's core worker's and (rank "
+                    "0) the MLflow logger's. Each worker needs "
+                    f"{one_step_s:.2f} CPU-s of model compute per step (the 1-thread plain step). "
+                    "Busiest Ray processes (cores): "
+                    + ", ".join(f"{t} {v:.2f}" for t, v in cpu["ray_titles"].items()))
 
     base_optim = optim_times["make_optimizer (fused=False, per-tensor loop)"]
     print_table(
@@ -561,7 +777,8 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
         ["rank", "torch threads", "interop threads", "OMP_NUM_THREADS", "cores in affinity",
          "backend", "all_reduce of grads (ms)", "all_reduce 8 floats (ms)"],
         [[pr["rank"], pr["torch_threads"], pr["interop_threads"], pr["OMP_NUM_THREADS"],
-          pr["affinity_cores"], pr["backend"], f"{1e3 * pr.get('allreduce_grad_s', float('nan')):.1f}",
+          pr["affinity_cores"], pr["backend"],
+          f"{1e3 * pr.get('allreduce_grad_s', float('nan')):.1f}",
           f"{1e3 * pr.get('allreduce_small_s', float('nan')):.2f}"] for pr in probes],
         caption=f"gradient buffer: {n_params / 1e6:.2f} M fp32 parameters "
                 f"({4 * n_params / 2 ** 20:.0f} MiB); all_reduce timed after training, 5 repeats, "
@@ -606,12 +823,20 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
         "no_ray_step_s": {k: round(v, 3) for k, v in no_ray.items()},
         "no_ray_ddp_vs_independent": round(no_ray[DDP_MODES[0]] / no_ray[DDP_MODES[1]], 3),
         "ray_vs_no_ray_ddp": round(no_ray[DDP_MODES[1]] / ray_step_s, 3),
+        "ray_steady_cpu_cores": {k: (round(v, 3) if isinstance(v, float) else v)
+                                 for k, v in cpu.items()},
         "allreduce_grads_ms": round(1e3 * allreduce_s, 1),
         "allreduce_small_ms": round(1e3 * allreduce_small_s, 2),
         "n_params": n_params,
         "optimizer_step_ms": {k: round(1e3 * v, 1) for k, v in optim_times.items()},
         "profile_shares": {k: round(v, 3) for k, v in prof["shares"].items()},
         "profile_top_ops": [[k, round(v, 3)] for k, v in prof["top_ops"]],
+        "profile_wall_s": round(prof["wall_s"], 3),
+        "profile_bf16_shares": ({k: round(v, 3) for k, v in prof_bf16["shares"].items()}
+                                if prof_bf16 else None),
+        "profile_bf16_top_ops": ([[k, round(v, 3)] for k, v in prof_bf16["top_ops"]]
+                                 if prof_bf16 else None),
+        "profile_bf16_wall_s": round(prof_bf16["wall_s"], 3) if prof_bf16 else None,
         "batch_per_worker": B,
         "global_batch_rows": 2 * B,
         "seq_len": SEQ_LEN,
