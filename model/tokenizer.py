@@ -43,6 +43,7 @@ class MediaPart:
     kind: str  # image | audio | video
     data: torch.Tensor
     fps: float = 1.0  # video only: frames per second, for the text timestamps
+    timestamps: Sequence[float] | None = None  # video only: each frame's time in seconds (else i / fps)
 
 
 class Tokenizer:
@@ -109,8 +110,12 @@ class Tokenizer:
             n = placeholder_count(part.kind, part.data, cfg)
             ids.append(SPECIAL_IDS[f"<|{part.kind}_start|>"])
             if part.kind == "video":
-                for i in range(part.data.shape[0]):
-                    ids += self.encode(f"{i / part.fps:.1f}s")
+                times = part.timestamps or [i / part.fps for i in range(part.data.shape[0])]
+                if len(times) != part.data.shape[0]:
+                    raise TokenizerError(f"a video of {part.data.shape[0]} frames has "
+                                         f"{len(times)} timestamps")
+                for t in times:
+                    ids += self.encode(f"{t:.1f}s")
                     ids += [PLACEHOLDER_IDS["video"]] * n
             else:
                 ids += [PLACEHOLDER_IDS[part.kind]] * n

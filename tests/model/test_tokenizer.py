@@ -1,7 +1,9 @@
 import pytest
+import torch
 from tokenizers import Tokenizer as HFTokenizer
 
-from model.tokenizer import BOS_ID, PLACEHOLDER_IDS, SPECIAL_TOKENS, Tokenizer, TokenizerError
+from model.tokenizer import (BOS_ID, PLACEHOLDER_IDS, SPECIAL_TOKENS, MediaPart, Tokenizer,
+                             TokenizerError)
 from workers.data.sources import python_docs_corpus
 
 
@@ -40,3 +42,16 @@ def test_chat_prompt_refuses_unknown_roles(tokenizer):
     assert prompt == "<|user|>hi<|end|><|assistant|>"
     with pytest.raises(TokenizerError, match="robot"):
         tokenizer.chat_prompt([{"role": "robot", "content": "hi"}])
+
+
+def test_video_frames_carry_their_timestamps(tokenizer, tiny_cfg):
+    frames = torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
+    even, _ = tokenizer.encode_interleaved([MediaPart("video", frames, fps=2.0)], tiny_cfg)
+    given, _ = tokenizer.encode_interleaved(
+        [MediaPart("video", frames, timestamps=[0.0, 0.5, 1.0])], tiny_cfg)
+    assert given == even
+    uneven, _ = tokenizer.encode_interleaved(
+        [MediaPart("video", frames, timestamps=[0.0, 2.5, 7.0])], tiny_cfg)
+    assert "7.0s" in tokenizer.decode(uneven)
+    with pytest.raises(TokenizerError, match="3 frames has 2 timestamps"):
+        tokenizer.encode_interleaved([MediaPart("video", frames, timestamps=[0.0, 1.0])], tiny_cfg)
