@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,28 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None  # None: SQLite under home
     mlflow_artifact_root: str | None = None  # None: a folder under home (or s3://...)
     mlflow_experiment: str = "longmix"
+
+    # serving (workers/serve): Ray Serve's HTTP proxy, API keys, batching and body limits, replicas
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(8000, ge=0, le=65535)  # 0: a free port, chosen at start
+    serve_api_keys: list[SecretStr] = []  # bearer tokens; env: a JSON list
+    serve_api_key_file: Path | None = None  # one key per line (a mounted secret), added to the above
+    serve_model_name: str | None = None  # the id in /v1/models; None: the registered name or folder
+    serve_max_batch_size: int = Field(8, ge=1)  # sequences decoded together
+    serve_max_batch_tokens: int = Field(16384, ge=1)  # KV positions the running batch may reserve
+    serve_max_body_bytes: int = Field(8 * 1024 ** 2, ge=1024)
+    serve_replica_cpus: float = Field(1.0, gt=0)
+    serve_num_replicas: int = Field(1, ge=1)  # replicas; the minimum when autoscaling
+    serve_autoscale_max_replicas: int | None = Field(None, ge=1)  # set: autoscale between the two
+    serve_target_ongoing_requests: float = Field(8.0, gt=0)  # autoscaling's per-replica target
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> "Settings":
+        top = self.serve_autoscale_max_replicas
+        if top is not None and top < self.serve_num_replicas:
+            raise ValueError(f"serve_autoscale_max_replicas={top} is below "
+                             f"serve_num_replicas={self.serve_num_replicas}")
+        return self
 
     @property
     def cache_dir(self) -> Path:
