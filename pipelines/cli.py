@@ -274,6 +274,45 @@ def export_hf(
     console.print(f"exported to {path}; load it with transformers.MixtralForCausalLM.from_pretrained")
 
 
+@app.command("serve")
+def serve_cmd(
+    model: str = typer.Option(..., help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder"),
+    host: str | None = typer.Option(None, help="default: LONGMIX_SERVE_HOST (127.0.0.1)"),
+    port: int | None = typer.Option(None, help="default: LONGMIX_SERVE_PORT (8000); 0 picks a free one"),
+    detach: bool = typer.Option(False, help="return once it serves (on a Ray cluster that outlives "
+                                "this command, LONGMIX_RAY_ADDRESS)"),
+) -> None:
+    """Serve a model with Ray Serve: an OpenAI-compatible API, with bearer-token auth."""
+    from infra.settings import get_settings
+    from model.checkpoint import CheckpointError
+    from workers.serve.app import start_server
+
+    settings = get_settings()
+    overrides = {k: v for k, v in (("serve_host", host), ("serve_port", port)) if v is not None}
+    settings = settings.model_copy(update=overrides)
+    console.print(f"[bold]longmix serve[/] {model}: loading, verifying, warming up")
+    try:
+        info = start_server(model, settings)
+    except (CheckpointError, ValueError, OSError) as e:
+        console.print(f"[red]refused:[/] {e}")
+        raise typer.Exit(2) from e
+    console.print(f"serving [bold]{info.model}[/] at {info.url}/v1  (OpenAPI: {info.url}/docs)")
+    if info.generated_key:
+        console.print(f"API key (made for this run): {info.generated_key}", highlight=False)
+    else:
+        console.print("API key: the configured one(s) (LONGMIX_SERVE_API_KEYS / _API_KEY_FILE)")
+    if detach:
+        return
+    console.print("Ctrl-C stops it")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
+
+
 @app.command()
 def verify(checkpoint: Path = typer.Argument(..., help="checkpoint folder")) -> None:
     """Check every file of a checkpoint against its digest.json."""

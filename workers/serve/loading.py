@@ -1,0 +1,60 @@
+"""The model a replica serves: from an MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION,
+models:/m-ID) or a checkpoint folder, every digest verified before anything is loaded."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.settings import Settings
+from model.checkpoint import load_checkpoint
+from model.tokenizer import Tokenizer
+from model.transformer import Transformer
+from workers.train.mlflow_model import checkpoint_digest, download_checkpoint
+
+
+@dataclass
+class ServedModel:
+    name: str  # the id clients send as "model"
+    source: str  # what it was loaded from
+    digest: str  # sha256 of the checkpoint's digest.json (longmix.digest)
+    model: Transformer
+    tokenizer: Tokenizer
+    created: int  # unix time it was loaded
+
+    @property
+    def context(self) -> int:
+        return self.model.cfg.max_seq_len
+
+
+def registered_name(uri: str) -> str:
+    """models:/NAME@ALIAS or models:/NAME/VERSION -> NAME; models:/m-ID -> m-ID."""
+    return re.split(r"[@/]", uri.removeprefix("models:/"), maxsplit=1)[0]
+
+
+def model_name(source: str, settings: Settings) -> str:
+    """The id clients send as "model": the setting, else the registered name or folder name."""
+    if settings.serve_model_name:
+        return settings.serve_model_name
+    return registered_name(source) if source.startswith("models:/") else Path(source).name
+
+
+def fetch_checkpoint(source: str, settings: Settings) -> Path:
+    """A checkpoint folder for `source`; a models:/ URI is downloaded (verified) under home."""
+    if not source.startswith("models:/"):
+        return Path(source)
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    folder = re.sub(r"[^\w.-]+", "_", source.removeprefix("models:/"))
+    return download_checkpoint(source, settings.home / "serve" / "models" / folder)
+
+
+def load_served_model(source: str, settings: Settings) -> ServedModel:
+    folder = fetch_checkpoint(source, settings)
+    digest = checkpoint_digest(folder)  # every file against digest.json, before loading
+    model, tokenizer = load_checkpoint(folder)
+    return ServedModel(model_name(source, settings), source, digest, model.eval(), tokenizer,
+                       int(time.time()))
