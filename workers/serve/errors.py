@@ -27,17 +27,31 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status)
 
 
+def _field_path(loc: tuple) -> str | None:
+    """pydantic's error location as the request's own path: 'messages.0.content.1.input_audio'.
+
+    Unions add a step naming the member tried ('str', 'list[int]'), and tagged unions the tag,
+    which repeats the field after it ('input_audio', 'input_audio'): both are dropped.
+    """
+    path: list[str] = []
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        part = str(part)
+        if part in ("str", "int", "float", "bool") or "[" in part or (path and path[-1] == part):
+            continue
+        path.append(part)
+    return ".".join(path) or None
+
+
 def _validation_error(exc: RequestValidationError) -> APIError:
-    first = exc.errors()[0]
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(loc) or None
+    errors = exc.errors()
+    first = max(errors, key=lambda e: len(e.get("loc", ())))  # the most specific
     if first.get("type") == "json_invalid":
         return APIError(400, f"the body is not valid JSON: {first.get('msg')}", code="json_invalid")
-    if not loc:  # the body as a whole: absent, or not a JSON object
+    param = _field_path(tuple(first.get("loc", ())))
+    if param is None:  # the body as a whole: absent, or not a JSON object
         return APIError(400, "the body must be a JSON object (Content-Type: application/json)",
                         code="invalid_body")
-    where = f"{param}: " if param else ""
-    return APIError(400, f"{where}{first.get('msg')}", param=param, code="invalid_value")
+    return APIError(400, f"{param}: {first.get('msg')}", param=param, code="invalid_value")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -2,7 +2,7 @@
 
 Keys are compared in constant time and never logged; the health endpoints and the OpenAPI
 schema stay open. A body is refused by its Content-Length when it declares one, and otherwise
-counted as it arrives.
+counted as it arrives; the app gets it whole.
 """
 
 from __future__ import annotations
@@ -55,14 +55,25 @@ class RequestGuard:
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             await too_large.response()(scope, receive, send)
             return
-        received = 0
-
-        async def counted_receive():
-            nonlocal received
+        body, size = [], 0
+        while True:  # read it all here (it is bounded), so an oversize stream never reaches a route
             message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_body_bytes:
-                raise too_large  # inside the app: its APIError handler answers 413
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                await too_large.response()(scope, receive, send)
+                return
+            body.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        await self.app(scope, counted_receive, send)
+        async def replay_receive():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # later messages: disconnects, watched by streams
+            replayed = True
+            return {"type": "http.request", "body": b"".join(body), "more_body": False}
+
+        await self.app(scope, replay_receive, send)
