@@ -6,12 +6,9 @@ fetched into the cache before anything is timed):
 
   * throughput - wall time, documents/s and tokens/s of `build_dataset` on a local Ray with
     2 CPUs (`ensure_ray(Settings(ray_num_cpus=2, home=tmp))`, started once and NOT timed;
-    everything inside build_dataset is timed), against a plain single-process loop doing the
-    same transforms with the build module's own pieces: `ReadStage` called on a pyarrow table of
-    each work item (one item per call, as Ray does), staging Parquet written with pyarrow,
-    `plan_documents`, `text_sample` + `resolve_tokenizer`, `synthetic_documents`, `PackStage`
-    called on batches of `docs_per_batch` staged documents per split, shards written with
-    pyarrow, then the same manifest (`describe_split`, `write_manifest`). Both must agree on the
+    everything inside build_dataset is timed), against the same `build_dataset` with
+    `runner=InProcessRunner()`: the same ReadStage and PackStage called one batch after another
+    in this process, the same files written. Both must agree on the
     documents, the tokenizer digest and the token counts, or the script stops. Timed round-robin
     (single, ray, single, ray, ...) after a warm-up build of each on the small corpus.
     `ray_vs_single_process` = median single-process seconds / median Ray seconds (target >= 1.7).
@@ -51,20 +48,10 @@ from pathlib import Path
 
 from _common import REPO_ROOT, emit_json, machine_info, parse_args, print_table
 
-import pyarrow as pa
-import pyarrow.dataset as pads
-import pyarrow.parquet as pq
-
 from infra.settings import Settings
-from workers.data.build import (LIGHT_COLUMNS, STAGING_SCHEMA, PackStage, ReadStage,
-                                build_dataset, check_fits_a_row, parquet_bytes, plan_documents,
-                                read_context, resolve_tokenizer, staging_row, synthetic_documents,
-                                text_sample)
+from workers.data.build import build_dataset
 from workers.data.fetch import fetch_artifact
-from workers.data.manifest import (DOCUMENTS_NAME, MANIFEST_NAME, TOKENIZER_NAME, describe_split,
-                                   write_manifest)
-from workers.data.readers import all_readers
-from workers.data.records import SPLITS
+from workers.data.runners import InProcessRunner
 from workers.data.sources import BUILTIN_TEXTS
 from workers.data.spec import CorpusSpec, parse_spec
 
@@ -109,7 +96,7 @@ def corpus_spec(fraction: float, sample_bytes: int) -> CorpusSpec:
         "sources": sources,
         "tokenizer": {"sample_bytes": sample_bytes},
         "splits": {"validation_percent": 5, "test_percent": 5},
-        "packing": {"seq_len": 1024, "rows_per_shard": 1024, "docs_per_batch": 256},
+        "packing": {"seq_len": 1024, "rows_per_shard": 1024, "chars_per_task": 500_000},
         "media": {"image_size": 64},
     }, "benchmark corpus")
 
@@ -136,121 +123,6 @@ def input_size(spec: CorpusSpec, cache_dir: Path) -> dict:
             docs += 1
             chars += len(text)
     return {"input_docs": docs, "input_text_mb": chars / 1e6}
-
-
-# ---------------------------------------------------------------------------------------------
-# the single-process baseline: the build module's pieces, in one process, no Ray
-
-
-def _batches_of(scanner_batches, rows: int):
-    """Record batches re-cut into tables of exactly `rows` rows (the last one shorter), as Ray
-    Data's map_batches(batch_size=rows) hands them to PackStage."""
-    pending, count = [], 0
-    for batch in scanner_batches:
-        if batch.num_rows == 0:
-            continue
-        pending.append(batch)
-        count += batch.num_rows
-        while count >= rows:
-            table = pa.Table.from_batches(pending)
-            yield table.slice(0, rows)
-            rest = table.slice(rows)
-            pending, count = rest.to_batches(), rest.num_rows
-    if count:
-        yield pa.Table.from_batches(pending)
-
-
-class _ShardWriter:
-    """Packed tables -> <split>-00000-<i>.parquet files of at most rows_per_shard rows."""
-
-    def __init__(self, folder: Path, prefix: str, rows_per_shard: int):
-        self.folder, self.prefix, self.rows_per_shard = folder, prefix, rows_per_shard
-        self.pending: list[pa.Table] = []
-        self.count = self.files = 0
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def add(self, table: pa.Table) -> None:
-        if table.num_rows:
-            self.pending.append(table)
-            self.count += table.num_rows
-        while self.count >= self.rows_per_shard:
-            self._write(self.rows_per_shard)
-
-    def close(self) -> None:
-        if self.count:
-            self._write(self.count)
-
-    def _write(self, rows: int) -> None:
-        table = pa.concat_tables(self.pending)
-        name = f"{self.prefix}-00000-{self.files}.parquet"
-        pq.write_table(table.slice(0, rows), self.folder / name)
-        self.files += 1
-        rest = table.slice(rows)
-        self.pending, self.count = ([rest] if rest.num_rows else []), rest.num_rows
-
-
-def single_process_build(spec: CorpusSpec, out: Path, cache_dir: Path, on_phase) -> dict:
-    """build_dataset's work without Ray: same stages, same order, same outputs."""
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    readers = all_readers()
-    ctx = read_context(spec, cache_dir)
-    staging_dir = out / "_staging"
-    staging_dir.mkdir()
-
-    on_phase("listing sources")
-    items = []
-    for source in spec.sources:
-        for item in readers[source.reader].list_items(source, ctx):
-            items.append({"source": source.name, "item": item, "order": len(items)})
-
-    on_phase(f"reading, validating and cleaning {len(items)} work items")
-    read_stage = ReadStage(spec.model_dump_json(), str(cache_dir))
-    for i, item in enumerate(items):  # batch_size=1: one work item per call, one staged file
-        staged = read_stage(pa.Table.from_pylist([item]))
-        pq.write_table(staged, staging_dir / f"staged-{i:05d}-0.parquet")
-
-    on_phase("de-duplicating and weighting")
-    staging = pads.dataset(staging_dir, format="parquet", schema=STAGING_SCHEMA)
-    plan = plan_documents(staging.to_table(columns=LIGHT_COLUMNS), spec)
-
-    on_phase("tokenizer")
-    sample = text_sample(staging, plan.copies, spec.tokenizer.sample_bytes)
-    tokenizer = resolve_tokenizer(spec, sample)
-    (out / TOKENIZER_NAME).write_bytes(tokenizer.to_str().encode())
-
-    on_phase("synthetic tasks and canaries")
-    synthetic, canaries = synthetic_documents(spec, sample, ctx)
-    synthetic = [d for d in synthetic if not check_fits_a_row(d, spec)]
-    if synthetic:  # none in the benchmark's corpus; kept so the two builds stay alike
-        rows = [staging_row(f"99999999.{i:06d}", d, spec, "train") for i, d in enumerate(synthetic)]
-        (staging_dir / "synthetic.parquet").write_bytes(
-            parquet_bytes(pa.Table.from_pylist(rows, schema=STAGING_SCHEMA)))
-        plan.copies.update({r["doc_key"]: 1 for r in rows})
-        staging = pads.dataset(staging_dir, format="parquet", schema=STAGING_SCHEMA)
-
-    for split in SPLITS:
-        on_phase(f"tokenizing and packing the {split} split")
-        pack_stage = PackStage(tokenizer.to_str(), spec.preset, spec.packing.seq_len, plan.copies)
-        writer = _ShardWriter(out / split, split, spec.packing.rows_per_shard)
-        docs = (pads.field("kind") == "doc") & (pads.field("split") == split)
-        scanner = staging.scanner(filter=docs)
-        for batch in _batches_of(scanner.to_batches(), spec.packing.docs_per_batch):
-            writer.add(pack_stage(batch))
-        writer.close()
-
-    on_phase("manifest")
-    (out / DOCUMENTS_NAME).write_bytes(parquet_bytes(pa.Table.from_pylist(plan.index)))
-    manifest = {"kind": "longmix.dataset", "name": spec.name,
-                "tokenizer": {"path": TOKENIZER_NAME, "sha256": tokenizer.digest(),
-                              "vocab_size": tokenizer.vocab_size},
-                "documents_index": {"path": DOCUMENTS_NAME, "documents": len(plan.index)},
-                "duplicates_removed": plan.duplicates, "canaries": canaries,
-                "quarantine": {"count": len(plan.quarantined)},
-                "splits": {split: describe_split(str(out), split) for split in SPLITS}}
-    shutil.rmtree(staging_dir)
-    on_phase("done")
-    return write_manifest(str(out), manifest)[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,7 +333,7 @@ def _process_kind(pid: int, name: str, is_driver: bool) -> str:
 def _short_phase(name: str) -> str:
     if name.startswith("reading"):
         return "read + clean"
-    return name.removeprefix("tokenizing and packing the ").replace(" split", " pack")
+    return "tokenize + pack" if name.startswith("tokenizing") else name
 
 
 def memory_run(fraction: float, sample_bytes: int, cache_dir: Path) -> dict:
@@ -568,8 +440,9 @@ def run(quick: bool, base: float, throughput: float, sample_bytes: int, repeats:
     def single(s: CorpusSpec) -> tuple[dict, TreeSampler]:
         sampler = TreeSampler()
         sampler.start()
-        manifest = single_process_build(s, tmp / "single", cache_dir, sampler.on_phase)
-        return summary(manifest), sampler.stop()
+        result = build_dataset(s, str(tmp / "single"), str(cache_dir), overwrite=True,
+                               on_phase=sampler.on_phase, runner=InProcessRunner())
+        return summary(result.manifest), sampler.stop()
 
     def with_ray(s: CorpusSpec) -> tuple[dict, TreeSampler]:
         sampler = TreeSampler()

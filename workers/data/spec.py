@@ -85,7 +85,8 @@ class SplitSpec(_Strict):
 class PackingSpec(_Strict):
     seq_len: int = Field(512, ge=16, le=1_048_576)
     rows_per_shard: int = Field(2048, ge=1)
-    docs_per_batch: int = Field(256, ge=1)  # documents packed together in one Ray Data batch
+    # text characters per packing task (whole staging files; at least one file per task)
+    chars_per_task: int = Field(1_000_000, ge=1)
 
 
 class MediaSpec(_Strict):
