@@ -9,6 +9,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from pydantic import SecretStr
 from ray import serve
 
@@ -31,6 +32,7 @@ WARM_UP_TOKENS = 4
 @serve.ingress()
 class LongmixServer:
     async def __init__(self, source: str, settings: Settings):
+        torch.set_num_threads(max(1, int(settings.serve_replica_cpus)))  # the CPUs Ray gave it
         self.settings = settings
         self.served = load_served_model(source, settings)
         self.metrics = ServeMetrics()

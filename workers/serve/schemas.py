@@ -8,12 +8,27 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_LOGPROBS = 20
 MAX_CHOICES = 16  # n
 MAX_PROMPTS = 32  # prompts in one completions request
 MAX_STOP = 4
+
+
+def _integral(value):
+    """JSON Schema counts 16.0 as an integer: accept it as 16 (and still refuse 16.5 and "16")."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _integer(**bounds):
+    """An int in [bounds]; the bounds sit inside the validator, so they reach the JSON schema."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_integral)]
+
+
+Count = _integer(ge=0)
+TopN = _integer(ge=0, le=MAX_LOGPROBS)
+Seed = _integer()  # any integer: reduced modulo 2**63 for torch
 
 
 class Strict(BaseModel):
@@ -30,9 +45,9 @@ class Sampling(Strict):
     model: str
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    n: _integer(ge=1, le=MAX_CHOICES) = 1
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
-    seed: int | None = Field(None, ge=0, le=2 ** 63 - 1)  # choice i samples with seed + i
+    seed: Seed | None = None  # choice i samples with seed + i
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -43,14 +58,14 @@ class Sampling(Strict):
         return tuple(s for s in stops if s)
 
 
-TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+TokenIds = Annotated[list[Count], Field(min_length=1)]
 
 
 class CompletionRequest(Sampling):
     prompt: (str | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)] | TokenIds
              | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)])
-    max_tokens: int = Field(16, ge=0)
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    max_tokens: Count = 16
+    logprobs: TopN | None = None
     echo: bool = False
 
 
@@ -102,10 +117,10 @@ class ChatMessage(Strict):
 
 class ChatRequest(Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: int | None = Field(None, ge=0)
-    max_completion_tokens: int | None = Field(None, ge=0)
+    max_tokens: Count | None = None
+    max_completion_tokens: Count | None = None
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    top_logprobs: TopN | None = None
 
 
 # responses

@@ -29,6 +29,16 @@ class Server:
         return {"Authorization": f"Bearer {self.key}"}
 
 
+@pytest.fixture
+def one_thread():
+    """Replicas compute on one thread each (one CPU): so do the in-process references they are
+    compared with bit for bit (reductions split over two threads round differently)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def served_checkpoint(tmp_path_factory, tokenizer) -> Path:
     torch.manual_seed(1234)

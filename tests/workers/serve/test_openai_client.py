@@ -12,6 +12,8 @@ from PIL import Image
 
 from model.generate import SamplingParams, generate, score
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def client(server):
