@@ -47,7 +47,7 @@ def served_checkpoint(tmp_path_factory, tokenizer) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # gone before later packages need the replica's CPU
 def server(ray_local, served_checkpoint, tmp_path_factory):
     from ray import serve
 
