@@ -3,7 +3,6 @@ CPU and NCCL on GPU), tracked in MLflow, its final checkpoint logged and registe
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,13 +46,20 @@ def run_config(cfg: TrainConfig, settings: Settings, name: str):
                      failure_config=FailureConfig(max_failures=cfg.max_failures))
 
 
-def local_copy(checkpoint, into: Path) -> Path:
-    """The reported checkpoint (local or on S3) as a verified local folder."""
+def local_checkpoint(checkpoint, downloads: Path) -> Path:
+    """The reported checkpoint as a verified local folder: where Ray Train keeps it on a local
+    disk; downloaded into `downloads`/<its name> from S3."""
     import shutil
 
-    with checkpoint.as_directory() as folder:
-        target = into / "checkpoint"
-        shutil.copytree(Path(folder) / "checkpoint", target)
+    import pyarrow.fs
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        target = Path(checkpoint.path) / "checkpoint"
+    else:
+        target = downloads / Path(checkpoint.path).name / "checkpoint"
+        shutil.rmtree(target, ignore_errors=True)
+        with checkpoint.as_directory() as folder:
+            shutil.copytree(Path(folder) / "checkpoint", target)
     verify_digest(target)
     return target
 
@@ -96,7 +102,7 @@ def train(cfg: TrainConfig, settings: Settings | None = None) -> TrainResult:
             dataset_config=DataConfig(datasets_to_split="all"),
         )
         result = trainer.fit()
-        checkpoint = local_copy(result.checkpoint, Path(tempfile.mkdtemp(prefix="longmix-final-")))
+        checkpoint = local_checkpoint(result.checkpoint, settings.home / "checkpoints" / run.info.run_id)
         counts = read_training_state(checkpoint).extra["expert_counts"]  # (layers, experts)
         mlflow.log_figure(expert_load_heatmap(np.array(counts), f"{cfg.stage}: tokens per expert"),
                           "training/expert_load.png")
