@@ -296,9 +296,11 @@ def serve_cmd(
     except (CheckpointError, ValueError, OSError) as e:
         console.print(f"[red]refused:[/] {e}")
         raise typer.Exit(2) from e
-    console.print(f"serving [bold]{info.model}[/] at {info.url}/v1  (OpenAPI: {info.url}/docs)")
+    console.print(f"serving [bold]{info.model}[/] at {info.url}/v1", soft_wrap=True)
+    console.print(f"OpenAPI: {info.url}/docs", soft_wrap=True)
     if info.generated_key:
-        console.print(f"API key (made for this run): {info.generated_key}", highlight=False)
+        console.print(f"API key (made for this run): {info.generated_key}", highlight=False,
+                      soft_wrap=True)
     else:
         console.print("API key: the configured one(s) (LONGMIX_SERVE_API_KEYS / _API_KEY_FILE)")
     if detach:

@@ -141,3 +141,13 @@ def test_images_audio_and_video_reach_the_model(client, server):
     for i, a in enumerate(seen):
         for b in seen[i + 1:]:
             assert a != b  # each medium changes the next-token distribution
+
+
+def test_a_client_that_leaves_mid_stream_does_not_stop_the_server(client, server):
+    stream = client.completions.create(model=server.model, prompt="while True:", max_tokens=400,
+                                       temperature=1.0, stream=True)
+    for _, _chunk in zip(range(2), stream):
+        pass
+    stream.close()  # the sequence leaves the batch at its next token
+    reply = client.completions.create(model=server.model, prompt="x", max_tokens=3, temperature=0)
+    assert reply.choices[0].finish_reason in ("length", "stop")
