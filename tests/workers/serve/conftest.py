@@ -2,6 +2,7 @@
 serving a tiny checkpoint on 127.0.0.1; the tests call it with real clients."""
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,3 +71,7 @@ def server(ray_local, served_checkpoint, tmp_path_factory):
     model, tokenizer = load_checkpoint(served_checkpoint)
     yield Server(served[2], key[1], served[1], served_checkpoint, model.eval(), tokenizer)
     serve.shutdown()
+    deadline = time.monotonic() + 30  # the next package's Ray jobs need the replica's CPU back
+    while (ray_local.available_resources().get("CPU", 0) < ray_local.cluster_resources()["CPU"]
+           and time.monotonic() < deadline):
+        time.sleep(0.2)
