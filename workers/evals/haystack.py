@@ -1,0 +1,55 @@
+"""Haystacks of a given length in the evaluated model's own tokens, needles placed at a depth (at
+the sentence break nearest to it), and the rank of the true answer among distractors by
+log-likelihood."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from workers.data.needles import needle_question
+from workers.data.synth import _haystack_with_room, _insert, sentence_breaks
+from workers.evals.adapters import ModelAdapter
+
+SAMPLE_CHARS = 4000  # held-out text measured once for the model's characters per token
+
+
+def chars_per_token(adapter: ModelAdapter, texts: list[str]) -> float:
+    sample = "\n\n".join(texts)[:SAMPLE_CHARS]
+    return len(sample) / max(adapter.count_tokens(sample), 1)
+
+
+def haystack(texts: list[str], tokens: int, cpt: float, rng: np.random.Generator) -> str:
+    """About `tokens` tokens of held-out text, from a sentence start to a sentence end."""
+    return _haystack_with_room(texts, max(int(tokens * cpt), 1), 1, rng)[0]
+
+
+def insert_at_depths(text: str, sentences: list[str], depths: list[float]) -> str:
+    """Each sentence at the sentence break nearest its depth (0: the start, 1: the end)."""
+    breaks = np.array(sentence_breaks(text) + [len(text)])
+    positions = [int(breaks[np.abs(breaks - d * len(text)).argmin()]) for d in depths]
+    order = np.argsort(positions, kind="stable")
+    return _insert(text, [positions[i] for i in order], [sentences[i] for i in order])
+
+
+def question_prompt(city: str, before: str = "\n\n") -> str:
+    """The question after the haystack, as the retrieval training examples ask it (after text:
+    a blank line; after media: a space)."""
+    return f"{before}Question: {needle_question(city)} Answer:"
+
+
+def distractor_numbers(rng: np.random.Generator, count: int, exclude: set[str]) -> list[str]:
+    out: list[str] = []
+    while len(out) < count:
+        n = str(int(rng.integers(1_000_000, 10_000_000)))
+        if n not in exclude and n not in out:
+            out.append(n)
+    return out
+
+
+def rank_of_first(scores: list[float]) -> int:
+    """1 + how many candidates score strictly higher than the first (the true one)."""
+    return 1 + sum(s > scores[0] for s in scores[1:])
+
+
+def found(number: str, answer: str) -> bool:
+    return number in answer
