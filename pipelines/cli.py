@@ -315,6 +315,67 @@ def serve_cmd(
         serve.shutdown()
 
 
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Option(..., help="a checkpoint folder, models:/NAME@ALIAS (or /VERSION) or "
+                              "an OpenAI-compatible endpoint's base URL (http://host:port)"),
+    suite: str = typer.Option("demo", help="tiny (CI), demo or full"),
+    dataset: str | None = typer.Option(None, help="dataset manifest (or its folder): held-out "
+                                       "split and PII canaries; default: the Python docs"),
+    split: str = typer.Option("test", help="the dataset's held-out split"),
+    champion: str | None = typer.Option(None, help="compare with this model (default: "
+                                        "models:/NAME@champion for a registered model)"),
+    evals: str | None = typer.Option(None, help="comma-separated subset of the suite's evals"),
+    lengths: str | None = typer.Option(None, help="NIAH context lengths in tokens, e.g. 256,512"),
+    depths: int | None = typer.Option(None, min=1, help="NIAH depths, linearly spaced 0..100%"),
+    safety_data: Path | None = typer.Option(None, help="folder of public safety sets laid out as "
+                                            "../shared/data/safety"),
+    api_key: str | None = typer.Option(None, envvar="LONGMIX_EVAL_API_KEY",
+                                       help="bearer token of the endpoint"),
+    endpoint_model: str | None = typer.Option(None, help="model name at the endpoint (default: "
+                                              "the first it lists)"),
+    out: Path | None = typer.Option(None, help="report folder (default under LONGMIX_HOME)"),
+    mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="log the report to MLflow"),
+    inline: bool = typer.Option(False, help="run the evals in this process, not as Ray tasks"),
+) -> None:
+    """Long-context and safety evals of a checkpoint, registered model or endpoint."""
+    from pydantic import ValidationError
+
+    from model.checkpoint import CheckpointError
+    from workers.data.manifest import ManifestError
+    from workers.evals.config import get_suite
+    from workers.evals.endpoint_adapter import EndpointError
+    from workers.evals.suite import evaluate, summary_rows
+
+    overrides: dict = {"safety_data": safety_data} if safety_data else {}
+    try:
+        if evals:
+            overrides["evals"] = tuple(e.strip() for e in evals.split(",") if e.strip())
+        if lengths:
+            overrides["niah_lengths"] = tuple(int(x) for x in lengths.split(","))
+        if depths:
+            overrides["niah_depths"] = depths
+        cfg = get_suite(suite, **overrides)
+        outcome = evaluate(model, cfg, manifest=dataset, split=split, champion=champion, out=out,
+                           api_key=api_key, endpoint_model=endpoint_model,
+                           executor="inline" if inline else "ray", log_to_mlflow=mlflow_log)
+    except (ValueError, ValidationError, CheckpointError, ManifestError, EndpointError) as e:
+        console.print(f"[red]eval refused:[/] {e}", highlight=False)
+        raise typer.Exit(2) from e
+    report = outcome.report
+    table = Table(title=f"eval {model} ({cfg.name}) on {report.data['name']}")
+    for col in ("metric", "value", "samples", "vs champion"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for row in summary_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    for name, summary in report.evals.items():
+        for line in ([f"skipped: {summary.skipped}"] if summary.skipped else []) + summary.notes:
+            console.print(f"  [yellow]{name}[/] {line}", highlight=False)
+    console.print(f"report {outcome.path}" + (f"; MLflow run {outcome.run_id}" if outcome.run_id
+                                             else ""), soft_wrap=True)
+
+
 @app.command()
 def verify(checkpoint: Path = typer.Argument(..., help="checkpoint folder")) -> None:
     """Check every file of a checkpoint against its digest.json."""
