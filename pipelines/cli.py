@@ -278,14 +278,15 @@ def export_hf(
 def serve_cmd(
     model: str = typer.Option(..., help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder"),
     host: str | None = typer.Option(None, help="default: LONGMIX_SERVE_HOST (127.0.0.1)"),
-    port: int | None = typer.Option(None, help="default: LONGMIX_SERVE_PORT (8000); 0 picks a free one"),
+    port: int | None = typer.Option(None, min=0, max=65535,
+                                    help="default: LONGMIX_SERVE_PORT (8000); 0 picks a free one"),
     detach: bool = typer.Option(False, help="return once it serves (on a Ray cluster that outlives "
                                 "this command, LONGMIX_RAY_ADDRESS)"),
 ) -> None:
     """Serve a model with Ray Serve: an OpenAI-compatible API, with bearer-token auth."""
     from infra.settings import get_settings
     from model.checkpoint import CheckpointError
-    from workers.serve.app import start_server
+    from workers.serve.app import DeployError, start_server
 
     settings = get_settings()
     overrides = {k: v for k, v in (("serve_host", host), ("serve_port", port)) if v is not None}
@@ -293,8 +294,8 @@ def serve_cmd(
     console.print(f"[bold]longmix serve[/] {model}: loading, verifying, warming up")
     try:
         info = start_server(model, settings)
-    except (CheckpointError, ValueError, OSError) as e:
-        console.print(f"[red]refused:[/] {e}")
+    except (CheckpointError, DeployError, ValueError, OSError) as e:
+        console.print(f"[red]refused:[/] {e}", highlight=False)
         raise typer.Exit(2) from e
     console.print(f"serving [bold]{info.model}[/] at {info.url}/v1", soft_wrap=True)
     console.print(f"OpenAPI: {info.url}/docs", soft_wrap=True)

@@ -71,6 +71,20 @@ class ServerInfo:
     generated_key: str | None  # a key made for this run when none was configured
 
 
+class DeployError(RuntimeError):
+    """The application's replicas could not start (an unknown model, a damaged download, ...)."""
+
+
+def _replica_failure() -> str | None:
+    """The last line of the failed deployment's traceback: the exception and its message."""
+    status = serve.status().applications.get(APP_NAME)
+    for deployment in (status.deployments.values() if status else []):
+        lines = [line for line in deployment.message.splitlines() if line.strip()]
+        if lines:
+            return lines[-1]
+    return None
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -93,6 +107,11 @@ def start_server(source: str, settings: Settings) -> ServerInfo:
     ensure_ray(settings)
     port = settings.serve_port or _free_port(settings.serve_host)
     serve.start(http_options={"host": settings.serve_host, "port": port})
-    serve.run(LongmixServer.options(**deployment_options(settings)).bind(source, settings),
-              name=APP_NAME, route_prefix="/")
+    try:
+        serve.run(LongmixServer.options(**deployment_options(settings)).bind(source, settings),
+                  name=APP_NAME, route_prefix="/")
+    except RuntimeError as error:  # a replica failed to start: say why, leave nothing behind
+        reason = _replica_failure() or str(error)
+        serve.delete(APP_NAME)
+        raise DeployError(f"{source}: {reason}") from None
     return ServerInfo(f"http://{settings.serve_host}:{port}", model_name(source, settings), generated)
