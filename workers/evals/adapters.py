@@ -75,7 +75,8 @@ class ModelAdapter(Protocol):
         predicted (media placeholders)."""
 
     def count_tokens(self, text: str) -> int:
-        """Tokens the model reads for `text` (after the beginning-of-sequence token)."""
+        """Tokens the model reads for `text` as a whole prompt (its beginning-of-sequence token
+        included, where it has one)."""
 
 
 def text_only(parts: list[Part], what: str) -> str:

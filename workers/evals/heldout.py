@@ -53,12 +53,12 @@ def load_heldout(manifest_uri: str | None, split: str = "test",
         fs, path = resolve(join(root, shard["path"]))
         for row in pq.read_table(path, filesystem=fs).to_pylist():
             sequences += _row_documents(row, tokenizer, manifest["tokenizer"]["sha256"])
-        if len(sequences) >= 4 * max_sequences:
-            break
     texts = [s.text for s in sequences if s.modality == "text" and len(s.text) >= MIN_TEXT_CHARS]
     by_length = sorted(sequences, key=lambda s: -len(s.ids))  # perplexity wants the long ones
-    return HeldOut(f"{manifest['name']}/{split}", manifest["digest"], texts,
-                   by_length[:max_sequences], manifest.get("canaries") or [])
+    kept = [s for modality in ("text", "image", "audio", "video")
+            for s in [s for s in by_length if s.modality == modality][:max_sequences]]
+    return HeldOut(f"{manifest['name']}/{split}", manifest["digest"], texts, kept,
+                   manifest.get("canaries") or [])
 
 
 def _read_text(uri: str) -> str:

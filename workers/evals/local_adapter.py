@@ -64,7 +64,7 @@ class LocalAdapter:
         return [*parts, "<|assistant|>"]
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text))
+        return len(self.tokenizer.encode(text, bos=True))
 
     # --- generation ----------------------------------------------------------------------
 
