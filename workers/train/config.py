@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from infra.storage import absolute
 from model.checkpoint import TOKENIZER, CheckpointError, sha256_file, verify_digest
 from model.config import ConfigError, ModelConfig, get_preset
 from workers.data.manifest import ManifestError, verify_manifest
@@ -56,6 +57,12 @@ class TrainConfig(BaseModel):
     storage_path: str | None = None  # default: <LONGMIX_HOME>/train; or s3://bucket/prefix
     run_name: str | None = None
     registered_model: str | None = "longmix"  # MLflow registered model; None: do not register
+
+    @field_validator("dataset", "init_from", "storage_path")
+    @classmethod
+    def _absolute(cls, uri: str | None) -> str | None:
+        # resolved here, in the driver's working directory: Ray workers run in another one
+        return absolute(uri) if uri else uri
 
     @model_validator(mode="after")
     def _stage_needs(self) -> "TrainConfig":
