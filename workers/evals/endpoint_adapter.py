@@ -153,7 +153,9 @@ class EndpointAdapter:
                                   f"{sequence.modality}")
         tokens = self._echo([sequence.text])[0]
         values = [lp for off, lp in tokens if off < len(sequence.text)]
-        return [math.nan if lp is None else float(lp) for lp in values[1:]]
+        while values and values[0] is None:  # the first token (without a <|bos|>) has none
+            values.pop(0)
+        return [math.nan if lp is None else float(lp) for lp in values]
 
     def count_tokens(self, text: str) -> int:
         reply = self._request("POST", "/completions", {
