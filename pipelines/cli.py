@@ -220,7 +220,8 @@ def print_train_summary(cfg, result) -> None:
     table.add_column()
     metrics = result.metrics
     rows = [("final loss", f"{metrics.get('loss', float('nan')):.3f}"),
-            ("validation loss", f"{metrics.get('val_loss', float('nan')):.3f}"),
+            ("validation loss", f"{metrics['val_loss']:.3f}" if "val_loss" in metrics
+             else "none: the validation split has no rows for this stage"),
             ("tokens/s", f"{metrics.get('tokens_per_s', 0):,.0f}"),
             ("utilisation", f"{metrics.get('utilisation', 0):.1%} of the measured matmul peak"),
             ("checkpoint", str(result.checkpoint)),

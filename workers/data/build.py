@@ -128,7 +128,7 @@ def resolve_tokenizer(spec: CorpusSpec, sample: list[str]) -> Tokenizer:
 
 def synthetic_documents(spec: CorpusSpec, haystacks: list[str], ctx: ReadContext
                         ) -> tuple[list[Document], list[dict]]:
-    """Seeded synthetic tasks and canaries (training split), and the canary list for evals."""
+    """Seeded synthetic tasks and canaries, and the canary list for evals."""
     from workers.data import media_sources, synth
 
     syn, seed = spec.synthetic, spec.seed
@@ -145,7 +145,9 @@ def synthetic_documents(spec: CorpusSpec, haystacks: list[str], ctx: ReadContext
     canaries = synth.canary_records(syn.canaries, seed) if syn.canaries else []
     docs += synth.canary_documents(canaries, syn.canary_repeats, seed) if canaries else []
     for d in docs:
-        d.source, d.split = "synthetic", "train"
+        # chat examples split by content hash like corpus documents, so that the sft stage has
+        # a validation loss; needles and canaries are training data only
+        d.source, d.split = "synthetic", None if d.meta.get("task") == "chat" else "train"
     return docs, synth.canary_manifest(canaries) if canaries else []
 
 
@@ -214,7 +216,7 @@ def build_dataset(spec: CorpusSpec, out: str, cache_dir: str, *, overwrite: bool
     plan.quarantined += [q.to_row() for q in too_long]
     synthetic = [d for d in synthetic if not any(q.uri == d.uri for q in too_long)]
     if synthetic:
-        rows = [staging_row(f"{SYNTHETIC_ORDER}.{i:06d}", d, spec, "train") for i, d in enumerate(synthetic)]
+        rows = [staging_row(f"{SYNTHETIC_ORDER}.{i:06d}", d, spec, "auto") for i, d in enumerate(synthetic)]
         write_bytes(staged_file(staging_uri, rows[0]["doc_key"]),
                     parquet_bytes(pa.Table.from_pylist(rows, schema=STAGING_SCHEMA)))
         plan.copies.update({r["doc_key"]: 1 for r in rows})

@@ -126,7 +126,8 @@ def train_worker(config: dict) -> None:
                                    utilisation=tokens_per_s * flops_per_token / (peak * world))
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
                 val = validation(ddp, val_shard, cfg, sft)
-                metrics["val_loss"] = val
+                if val is not None:
+                    metrics["val_loss"] = val
             if logger:
                 logger.log_step(state.step, metrics)
             if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
@@ -150,11 +151,12 @@ def train_worker(config: dict) -> None:
         logger.close()
 
 
-def validation(model, shard, cfg: TrainConfig, sft: bool) -> float:
-    """Mean validation loss over eval_batches per worker, combined across workers."""
+def validation(model, shard, cfg: TrainConfig, sft: bool) -> float | None:
+    """Mean validation loss over eval_batches per worker, combined across workers; None when the
+    validation split has no token to predict (e.g. no chat rows for sft)."""
     it = shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy")
     picked = (collate(columns, sft) for _, columns in zip(range(cfg.eval_batches), it))
     total, count = validation_loss(model, picked)
     sums = all_reduce_sum(torch.tensor([total, count], dtype=torch.float64))
     model.train()
-    return (sums[0] / sums[1].clamp_min(1)).item()
+    return (sums[0] / sums[1]).item() if sums[1] > 0 else None
