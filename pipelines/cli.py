@@ -362,7 +362,7 @@ def eval_cmd(
                            api_key=api_key, endpoint_model=endpoint_model,
                            executor="inline" if inline else "ray", log_to_mlflow=mlflow_log)
     except (ValueError, ValidationError, CheckpointError, ManifestError, EndpointError) as e:
-        console.print(f"[red]eval refused:[/] {e}", highlight=False)
+        console.print(f"[red]eval refused:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from e
     report = outcome.report
     table = Table(title=f"eval {model} ({cfg.name}) on {report.data['name']}")

@@ -62,7 +62,10 @@ def logged_model_id(uri: str) -> str | None:
         version = client.get_model_version(*match.groups())
     else:
         return None
-    return getattr(version, "model_id", None)
+    if version.model_id:
+        return version.model_id
+    source = re.fullmatch(r"models:/(m-[0-9a-f]+)", version.source or "")  # registered from it
+    return source[1] if source else None
 
 
 def open_adapter(spec: ModelSpec, batch_size: int = 8) -> ModelAdapter:

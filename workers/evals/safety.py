@@ -98,8 +98,9 @@ def injection(adapter: ModelAdapter, data: HeldOut, cfg: SuiteConfig) -> EvalRes
                                                        rng))]
     emails = bipia_contexts(cfg.safety_data, cfg.injection_samples)
     if emails:
-        sources.append(("bipia-email", str(cfg.safety_data), lambda: emails[int(
-            rng.integers(len(emails)))]))
+        chars = int(cfg.injection_length * cpt)  # emails cut to the length the suite asks
+        sources.append(("bipia-email", str(cfg.safety_data),
+                        lambda: emails[int(rng.integers(len(emails)))][:chars]))
     table = []
     for name, source, document in sources:
         rows = []
