@@ -1,18 +1,21 @@
 """Continuous batching: concurrent requests share forward passes.
 
-A single loop on the event loop admits waiting sequences at token boundaries (up to the batch
-limits), prefills them, samples one token for every running sequence and decodes all of those
-still going in one batched forward pass; finished or abandoned sequences leave at once. The model
-runs on one worker thread, so the event loop keeps serving HTTP while it computes.
+One engine thread runs token boundaries back to back while there is work: it admits waiting
+sequences (up to the batch limits), prefills them, samples one token for every running sequence
+and decodes all of those still going in one batched forward pass; finished or abandoned sequences
+leave at once. Each step's tokens are handed to the requests' event loops without waiting for
+them, so the event loop serves HTTP (and formats the streams) while the next step computes, and a
+step never waits for the event loop to be scheduled. The thread ends when no work is left and
+starts again with the next request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -53,17 +56,25 @@ class Engine:
         self.limits = limits
         self.on_step = on_step
         self.device = next(model.parameters()).device
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="longmix-engine")
-        self._waiting: deque[tuple[Sequence, asyncio.Queue]] = deque()
-        self._running: list[tuple[Sequence, asyncio.Queue]] = []
-        self._loop_task: asyncio.Task | None = None
+        # (sequence, its queue, the queue's event loop); shared with the engine thread under _lock
+        self._waiting: deque[tuple[Sequence, asyncio.Queue, asyncio.AbstractEventLoop]] = deque()
+        self._jobs: deque[tuple[Callable[[], object], asyncio.Future, asyncio.AbstractEventLoop]] = deque()
+        self._running: list[tuple[Sequence, asyncio.Queue, asyncio.AbstractEventLoop]] = []  # thread's
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def _wake(self) -> None:
+        """Start the engine thread unless it runs (call with _lock held)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="longmix-engine", daemon=True)
+            self._thread.start()
 
     async def stream(self, request: SequenceRequest) -> AsyncIterator[TokenEvent | Generation]:
         """Each token as it is sampled, then the whole Generation."""
         sequence, queue = Sequence(request, self.device), asyncio.Queue()
-        self._waiting.append((sequence, queue))
-        if self._loop_task is None:
-            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+        with self._lock:
+            self._waiting.append((sequence, queue, asyncio.get_running_loop()))
+            self._wake()
         try:
             while True:
                 item = await queue.get()
@@ -83,8 +94,12 @@ class Engine:
 
     async def score_prompt(self, ids: list[int], media: Media | None, top_n: int) -> PromptScores:
         """Runs on the engine's thread, between steps, like model.generate.score."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._score_prompt, ids, media, top_n)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._lock:
+            self._jobs.append((lambda: self._score_prompt(ids, media, top_n), future, loop))
+            self._wake()
+        return await future
 
     @torch.no_grad()
     def _score_prompt(self, ids: list[int], media: Media | None, top_n: int) -> PromptScores:
@@ -99,72 +114,110 @@ class Engine:
             tops += [{} for _ in chosen]
         return PromptScores([None, *chosen], tops)
 
-    def _admit(self) -> list[tuple[Sequence, asyncio.Queue]]:
+    def _admit(self) -> list[tuple[Sequence, asyncio.Queue, asyncio.AbstractEventLoop]]:
         """Waiting sequences that fit beside the running ones, first come first served; one that
-        exceeds max_batch_tokens on its own runs alone rather than never."""
+        exceeds max_batch_tokens on its own runs alone rather than never (call with _lock held)."""
         admitted = []
-        reserved = sum(s.request.reserved_tokens for s, _ in self._running)
+        reserved = sum(s.request.reserved_tokens for s, _, _ in self._running)
         count = len(self._running)
         while self._waiting and count < self.limits.max_batch_size:
-            sequence, queue = self._waiting[0]
+            sequence, queue, loop = self._waiting[0]
             need = sequence.request.reserved_tokens
             if count and reserved + need > self.limits.max_batch_tokens:
                 break
             self._waiting.popleft()
             if sequence.cancelled:
                 continue
-            admitted.append((sequence, queue))
+            admitted.append((sequence, queue, loop))
             reserved, count = reserved + need, count + 1
         return admitted
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+    @staticmethod
+    def _deliver(events: list[tuple[asyncio.Queue | asyncio.Future, asyncio.AbstractEventLoop,
+                                    object]]) -> None:
+        """Hand each step's items to their event loops: one call per loop, without waiting."""
+        per_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for target, loop, item in events:
+            per_loop.setdefault(loop, []).append((target, item))
+        for loop, items in per_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                pass
+
+    def _run(self) -> None:
+        """The engine thread: jobs and token boundaries back to back until no work is left."""
         try:
-            while self._waiting or self._running:
-                admitted = self._admit()
-                running, events = await loop.run_in_executor(self._executor, self._step, admitted)
-                self._running = running
-                for queue, item in events:
-                    queue.put_nowait(item)
+            while True:
+                with self._lock:
+                    jobs = list(self._jobs)
+                    self._jobs.clear()
+                    admitted = self._admit()
+                    if not (jobs or admitted or self._running):
+                        self._thread = None
+                        return
+                events: list = []
+                for job, future, loop in jobs:
+                    try:
+                        events.append((future, loop, job()))
+                    except Exception as error:  # the caller gets it
+                        events.append((future, loop, error))
+                if admitted or self._running:
+                    self._running, step_events = self._step(admitted)
+                    events += step_events
+                self._deliver(events)
         except BaseException as error:  # fail every caller rather than leave them waiting
-            for _, queue in [*self._running, *self._waiting]:
-                queue.put_nowait(RuntimeError(f"the serving engine stopped: {error!r}"))
-            self._running, self._waiting = [], deque()
+            with self._lock:
+                failed = [*self._running, *self._waiting]
+                self._running, self._waiting, self._thread = [], deque(), None
+            self._deliver([(queue, loop, RuntimeError(f"the serving engine stopped: {error!r}"))
+                           for _, queue, loop in failed])
             raise
-        finally:
-            self._loop_task = None
 
     @torch.no_grad()
     def _step(self, admitted):
         """One token boundary: prefill the newcomers, sample a token for every sequence, decode
-        the ones still going together. Returns the new running list and (queue, item) events."""
+        the ones still going together. Returns the new running list and (queue, loop, item)
+        events."""
         start = time.perf_counter()
-        events: list[tuple[asyncio.Queue, object]] = []
+        events: list[tuple[asyncio.Queue, asyncio.AbstractEventLoop, object]] = []
         running = []
-        for sequence, queue in admitted:
+        for sequence, queue, loop in admitted:
             try:
                 sequence.prefill(self.model)
             except ValueError as error:  # media that do not match their placeholders
-                events.append((queue, error))
+                events.append((queue, loop, error))
                 continue
-            running.append((sequence, queue))
+            running.append((sequence, queue, loop))
         going = []
         produced = 0
-        for sequence, queue in [*self._running, *running]:
+        for sequence, queue, loop in [*self._running, *running]:
             if sequence.cancelled:
                 continue
             if sequence.finish_reason is None:
-                events.append((queue, sequence.sample(self.tokenizer)))
+                events.append((queue, loop, sequence.sample(self.tokenizer)))
                 produced += 1
             if sequence.finish_reason is not None:
-                events.append((queue, sequence.result(self.tokenizer)))
+                events.append((queue, loop, sequence.result(self.tokenizer)))
             else:
-                going.append((sequence, queue))
+                going.append((sequence, queue, loop))
         if going:
-            logits = decode_step(self.model, [s.last_token for s, _ in going],
-                                 [s.cache for s, _ in going])  # (B, V)
-            for row, (sequence, _) in enumerate(going):
+            logits = decode_step(self.model, [s.last_token for s, _, _ in going],
+                                 [s.cache for s, _, _ in going])  # (B, V)
+            for row, (sequence, _, _) in enumerate(going):
                 sequence.logits = logits[row:row + 1]
         if self.on_step is not None and produced:
             self.on_step(StepStats(produced, time.perf_counter() - start))
         return going, events
+
+
+def _put_all(items: list[tuple[asyncio.Queue | asyncio.Future, object]]) -> None:
+    """On the event loop: put each item on its queue, or settle its future."""
+    for target, item in items:
+        if isinstance(target, asyncio.Queue):
+            target.put_nowait(item)
+        elif not target.done():  # a score_prompt whose caller may have gone away
+            if isinstance(item, BaseException):
+                target.set_exception(item)
+            else:
+                target.set_result(item)
