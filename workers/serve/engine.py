@@ -24,8 +24,11 @@ from model.encoders import Media
 from model.generate import Generation
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
-from workers.serve.batch_decode import decode_step
+from workers.serve.batch_decode import decode_step, prefill_batch
 from workers.serve.sequence import Sequence, SequenceRequest, TokenEvent
+
+
+PREFILL_BATCH_TOKENS = 4096  # padded prompt positions one batched prefill may hold
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,18 @@ class Engine:
         start = time.perf_counter()
         events: list[tuple[asyncio.Queue, asyncio.AbstractEventLoop, object]] = []
         running = []
-        for sequence, queue, loop in admitted:
+        alone = [entry for entry in admitted if not entry[0].text_only]
+        for group in _prefill_groups([entry for entry in admitted if entry[0].text_only]):
+            if len(group) == 1:
+                alone += group
+                continue
+            sequences = [sequence for sequence, _, _ in group]
+            logits = prefill_batch(self.model, [s.request.prompt_ids for s in sequences],
+                                   [s.new_cache(self.model) for s in sequences])  # (B, V)
+            for row, sequence in enumerate(sequences):
+                sequence.prefilled(logits[row:row + 1])
+            running += group
+        for sequence, queue, loop in alone:
             try:
                 sequence.prefill(self.model)
             except ValueError as error:  # media that do not match their placeholders
@@ -209,6 +223,21 @@ class Engine:
         if self.on_step is not None and produced:
             self.on_step(StepStats(produced, time.perf_counter() - start))
         return going, events
+
+
+def _prefill_groups(entries: list) -> list[list]:
+    """Consecutive text-only newcomers in groups whose padded prompts fit PREFILL_BATCH_TOKENS."""
+    groups: list[list] = []
+    longest = 0
+    for entry in entries:
+        n = len(entry[0].request.prompt_ids)
+        if groups and (len(groups[-1]) + 1) * max(longest, n) <= PREFILL_BATCH_TOKENS:
+            groups[-1].append(entry)
+            longest = max(longest, n)
+        else:
+            groups.append([entry])
+            longest = n
+    return groups
 
 
 def _put_all(items: list[tuple[asyncio.Queue | asyncio.Future, object]]) -> None:

@@ -14,8 +14,11 @@ import torch
 from model.attention import KVCache
 from model.encoders import Media
 from model.generate import Generation, SamplingParams, prefill, sample_next
-from model.tokenizer import EOS_ID, NEVER_GENERATED_IDS, Tokenizer
+from model.tokenizer import EOS_ID, NEVER_GENERATED_IDS, PLACEHOLDER_IDS, Tokenizer
 from model.transformer import Transformer
+
+
+_PLACEHOLDERS = frozenset(PLACEHOLDER_IDS.values())
 
 
 @dataclass
@@ -56,14 +59,30 @@ class Sequence:
         self.stop_at: int | None = None  # where a stop string begins in the decoded text
         self.cancelled = False  # the client went away; dropped at the next token boundary
 
-    def prefill(self, model: Transformer) -> None:
-        params, ids = self.request.params, self.request.prompt_ids
+    @property
+    def text_only(self) -> bool:
+        """A prompt without media that fits one prefill chunk: it may share a batched prefill."""
+        request = self.request
+        return (not request.media and len(request.prompt_ids) <= request.params.prefill_chunk
+                and not _PLACEHOLDERS.intersection(request.prompt_ids))
+
+    def new_cache(self, model: Transformer) -> KVCache:
+        """An empty KV cache for the prompt and every token this sequence may generate."""
         weight = next(model.parameters())
         self.cache = KVCache(model.cfg, 1, self.request.reserved_tokens, dtype=weight.dtype,
                              device=weight.device)
-        prompt = torch.tensor([ids], device=weight.device)
-        self.logits = prefill(model, prompt, self.cache, params.prefill_chunk, self.request.media)
-        if params.max_new_tokens == 0:
+        return self.cache
+
+    def prefill(self, model: Transformer) -> None:
+        params, ids = self.request.params, self.request.prompt_ids
+        self.new_cache(model)
+        prompt = torch.tensor([ids], device=self.cache.keys[0].device)
+        self.prefilled(prefill(model, prompt, self.cache, params.prefill_chunk, self.request.media))
+
+    def prefilled(self, logits: torch.Tensor) -> None:
+        """The prompt is in the cache; logits (1, V) are those of the first token to generate."""
+        self.logits = logits
+        if self.request.params.max_new_tokens == 0:
             self.finish_reason = "length"
 
     def sample(self, tokenizer: Tokenizer) -> TokenEvent:

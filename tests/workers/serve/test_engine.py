@@ -78,3 +78,21 @@ def test_prompt_scores_equal_model_generate_score(model, tokenizer):
     assert scores.logprobs[0] is None
     assert torch.tensor(scores.logprobs[1:]).tolist() == score(model, ids).tolist()
     assert all(len(t) == 2 for t in scores.top_logprobs[1:])
+
+
+def test_a_batched_prefill_fills_each_cache_as_a_prefill_of_its_own(model, tokenizer, tiny_cfg):
+    from model.attention import KVCache
+    from model.generate import prefill
+    from workers.serve.batch_decode import prefill_batch
+
+    prompts = [tokenizer.encode(p, bos=True) for p in PROMPTS[:4]]  # different lengths: padding
+    caches = [KVCache(tiny_cfg, 1, len(p) + 3) for p in prompts]
+    logits = prefill_batch(model, prompts, caches)
+    for row, (prompt, cache) in enumerate(zip(prompts, caches)):
+        alone = KVCache(tiny_cfg, 1, len(prompt) + 3)
+        expected = prefill(model, torch.tensor([prompt]), alone, chunk=1024)
+        assert cache.length == alone.length == len(prompt)
+        torch.testing.assert_close(logits[row:row + 1], expected, atol=1e-5, rtol=1e-5)
+        for layer in range(tiny_cfg.n_layers):
+            torch.testing.assert_close(cache.keys[layer], alone.keys[layer], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(cache.values[layer], alone.values[layer], atol=1e-5, rtol=1e-5)
