@@ -149,3 +149,29 @@ def test_an_unreachable_endpoint_fails_after_the_retries():
     with pytest.raises(EndpointError, match="failed 2 times"):
         EndpointAdapter(adapter_config).complete([["Hi"]], 2)
     assert math.isfinite(adapter_config.timeout_s)
+
+
+def test_the_suite_through_the_endpoint_measures_what_it_measures_in_process(live, trained,
+                                                                            tmp_path):
+    from infra.settings import Settings
+    from workers.evals.config import get_suite
+    from workers.evals.suite import evaluate
+
+    cfg = get_suite("tiny", evals=("perplexity", "niah_text", "niah_video", "refusal", "pii"))
+    common = dict(manifest=str(trained.dataset), settings=Settings(home=tmp_path),
+                  executor="inline", log_to_mlflow=False)
+    remote = evaluate(live.url, cfg, api_key=live.generated_key, **common).report
+    here = evaluate(str(trained.checkpoint), cfg, **common).report
+    assert remote.model.kind == "endpoint" and remote.model.digest is None
+    for name in ("niah_text.accuracy", "niah_text.mean_rank", "pii.exact_extraction_rate",
+                 "pii.mean_exposure", "refusal.builtin.refusal_rate", "niah_video.accuracy"):
+        assert remote.value(name) == pytest.approx(here.value(name), abs=1e-6), name
+    # the server re-tokenizes the held-out text (its <|eos|> is not text): close, not equal
+    assert remote.value("perplexity.text.nll") == pytest.approx(
+        here.value("perplexity.text.nll"), rel=0.05)
+    # what an endpoint cannot take is noted, and the rest is measured
+    names = {m.name for m in remote.metrics}
+    assert "niah_video.mean_rank" not in names and "niah_video.mean_rank" in {
+        m.name for m in here.metrics}
+    assert any("text only" in note for note in remote.evals["niah_video"].notes)
+    assert any(note.startswith("audio: not measured") for note in remote.evals["perplexity"].notes)
