@@ -47,11 +47,14 @@ class BatchedCaches:
 def decode_step(model: Transformer, tokens: list[int], caches: list[KVCache]) -> torch.Tensor:
     """The last token of each sequence (B,) with its cache -> next-token logits (B, V), float32.
 
-    The same blocks as Transformer.forward_embeddings, with per-row positions and a padding mask.
+    The same blocks as Transformer.forward_embeddings, with per-row positions and a padding mask
+    (a single sequence goes through Transformer.forward_embeddings itself, as in generation).
     """
     device = next(model.parameters()).device
-    batch = BatchedCaches(caches)
     x = model.tok_emb(torch.tensor(tokens, device=device)[:, None])  # (B, 1, D)
+    if len(caches) == 1:  # one sequence: its own cache as it is, no padding, no mask
+        return model.forward_embeddings(x, cache=caches[0]).logits[:, -1]  # (1, V)
+    batch = BatchedCaches(caches)
     cos, sin = model.rope(batch.lengths.to(device)[:, None])  # (B, 1, 1, Dh)
     mask = batch.mask().to(device)
     for block in model.layers:
