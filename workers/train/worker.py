@@ -92,6 +92,7 @@ def train_worker(config: dict) -> None:
         # encoders of a modality absent from a batch get no gradient: tell DDP to expect that
         "find_unused_parameters": True})
     logger = MetricsLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
+    system = system_metrics(config, resumed=state.step > 0) if rank == 0 else None
     flops_per_token = training_flops_per_token(model_cfg, config["seq_len"])
     peak = config.get("peak_flops") or measure_matmul_peak(torch.float32, seconds=0.5)
     train_shard = ray.train.get_dataset_shard("train")
@@ -149,6 +150,18 @@ def train_worker(config: dict) -> None:
             state.batches_done_in_epoch = 0
     if logger:
         logger.close()
+        system.finish()
+
+
+def system_metrics(config: dict, resumed: bool):
+    """MLflow's system metrics (CPU, memory, disk, network; GPU where there is one) of rank 0's
+    node, sampled in a background thread into the stage's run."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(config["run_id"], sampling_interval=2, resume_logging=resumed,
+                                   tracking_uri=config["tracking_uri"])
+    monitor.start()
+    return monitor
 
 
 def validation(model, shard, cfg: TrainConfig, sft: bool) -> float | None:

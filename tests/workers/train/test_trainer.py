@@ -63,7 +63,8 @@ def test_two_workers_train_log_and_register(dataset, settings):
     assert loss[8] < loss[1]
     metrics = client.get_run(result.run_id).data.metrics
     for key in ("val_loss", "lr", "grad_norm", "tokens_per_s", "utilisation", "aux_loss", "z_loss",
-                "moe/layer0/max_over_mean_load", "moe/layer1/router_entropy"):
+                "moe/layer0/max_over_mean_load", "moe/layer1/router_entropy",
+                "system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
         assert key in metrics, key
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "training")}
     assert {"training/expert_load.png", "training/loss_curve.png"} <= artifacts
