@@ -1,6 +1,7 @@
-"""One decode step for many sequences at once: each keeps its own KV cache (model.attention.KVCache,
-batch 1, sized to its prompt + max_tokens), and their next tokens share one forward pass. Prompts
-that arrive together are prefilled together the same way."""
+"""One decode step for many sequences at once, their next tokens sharing one forward pass: over
+per-sequence KV caches (model.attention.KVCache, `decode_step`, padded to the longest each step),
+or over the engine's BatchKV (`decode_rows`: a row per running sequence, written in place). Prompts
+that arrive together are prefilled together (`prefill_batch`)."""
 
 from __future__ import annotations
 
@@ -102,3 +103,97 @@ def prefill_batch(model: Transformer, prompts: list[list[int]], caches: list[KVC
         cache.advance(n)
     last = x[torch.arange(len(prompts), device=device), torch.tensor(lengths, device=device) - 1]
     return model.lm_head(model.norm(last)).float()  # (B, V)
+
+
+class BatchKV:
+    """The running batch's keys and values in one tensor per layer, a row per sequence in the
+    engine's running order: a decode step writes each row's new key/value at its own position and
+    attends over a view, with no per-step copy of anyone's past. A sequence's prefilled cache is
+    copied in once when it joins; rows are compacted (in order) when sequences leave; the length
+    dimension grows by doubling, so memory follows the longest running sequence."""
+
+    def __init__(self, model: Transformer):
+        weight = next(model.parameters())
+        self.cfg, self.dtype, self.device = model.cfg, weight.dtype, weight.device
+        self.keys: list[torch.Tensor] = []  # per layer (rows, Hkv, capacity, Dh)
+        self.values: list[torch.Tensor] = []
+        self.lengths: list[int] = []  # positions filled, per row in use
+        self.rows, self.capacity = 0, 0  # allocated
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def _ensure(self, rows: int, length: int) -> None:
+        if rows <= self.rows and length <= self.capacity:
+            return
+        new_rows = max(rows, self.rows)
+        new_capacity = max(self.capacity, 64)
+        while new_capacity < length:
+            new_capacity *= 2
+        shape = (new_rows, self.cfg.n_kv_heads, new_capacity, self.cfg.head_dim)
+        n, old = len(self.lengths), self.capacity
+        for tensors in (self.keys, self.values):
+            grown = [torch.zeros(shape, dtype=self.dtype, device=self.device)
+                     for _ in range(self.cfg.n_layers)]
+            for layer, previous in enumerate(tensors):
+                grown[layer][:n, :, :old] = previous[:n]
+            tensors[:] = grown
+        self.rows, self.capacity = new_rows, new_capacity
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep these rows (increasing), moved up to 0..len(rows)-1 in this order."""
+        if rows != list(range(len(rows))):
+            index = torch.tensor(rows, device=self.device)
+            span = max((self.lengths[r] for r in rows), default=0)
+            for tensors in (self.keys, self.values):
+                for layer in range(self.cfg.n_layers):
+                    tensors[layer][:len(rows), :, :span] = tensors[layer][index, :, :span]
+        self.lengths = [self.lengths[r] for r in rows]
+
+    def add(self, cache: KVCache) -> None:
+        """A prefilled sequence joins as the last row."""
+        row, n = len(self.lengths), cache.length
+        self._ensure(row + 1, n + 1)
+        for layer in range(self.cfg.n_layers):
+            self.keys[layer][row, :, :n] = cache.keys[layer][0, :, :n]
+            self.values[layer][row, :, :n] = cache.values[layer][0, :, :n]
+        self.lengths.append(n)
+
+    # the attention layers' cache interface, for one decode step of every row
+
+    def begin_step(self) -> None:
+        self._ensure(len(self.lengths), max(self.lengths) + 1)
+        self._lengths = torch.tensor(self.lengths, device=self.device)  # (B,)
+        self._rows = torch.arange(len(self.lengths), device=self.device)
+        self.padded_len = max(self.lengths) + 1  # after this step's token
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v (B, Hkv, 1, Dh) -> all keys, values so far (B, Hkv, padded_len, Dh) (views)."""
+        B = k.shape[0]
+        self.keys[layer][self._rows, :, self._lengths] = k[:, :, 0]
+        self.values[layer][self._rows, :, self._lengths] = v[:, :, 0]
+        return self.keys[layer][:B, :, :self.padded_len], self.values[layer][:B, :, :self.padded_len]
+
+    def mask(self) -> torch.Tensor | None:
+        """(B, 1, 1, padded_len): True where a row has a real key; None for a single row."""
+        if len(self.lengths) == 1:
+            return None
+        positions = torch.arange(self.padded_len, device=self.device)
+        return (positions[None, :] <= self._lengths[:, None])[:, None, None]
+
+    def advance(self) -> None:
+        self.lengths = [n + 1 for n in self.lengths]
+
+
+@torch.no_grad()
+def decode_rows(model: Transformer, tokens: list[int], kv: BatchKV) -> torch.Tensor:
+    """decode_step over a BatchKV: token i is row i's last token -> next-token logits (B, V)."""
+    device = next(model.parameters()).device
+    kv.begin_step()
+    x = model.tok_emb(torch.tensor(tokens, device=device)[:, None])  # (B, 1, D)
+    cos, sin = model.rope(kv._lengths[:, None])  # (B, 1, 1, Dh)
+    mask = kv.mask()
+    for block in model.layers:
+        x, _ = block(x, cos, sin, mask, kv)
+    kv.advance()
+    return model.lm_head(model.norm(x)).float()[:, -1]  # (B, V)

@@ -24,7 +24,7 @@ from model.encoders import Media
 from model.generate import Generation
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
-from workers.serve.batch_decode import decode_step, prefill_batch
+from workers.serve.batch_decode import BatchKV, decode_rows, prefill_batch
 from workers.serve.sequence import Sequence, SequenceRequest, TokenEvent
 
 
@@ -63,6 +63,7 @@ class Engine:
         self._waiting: deque[tuple[Sequence, asyncio.Queue, asyncio.AbstractEventLoop]] = deque()
         self._jobs: deque[tuple[Callable[[], object], asyncio.Future, asyncio.AbstractEventLoop]] = deque()
         self._running: list[tuple[Sequence, asyncio.Queue, asyncio.AbstractEventLoop]] = []  # thread's
+        self._kv = BatchKV(model)  # the running sequences' keys and values, a row each (thread's)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -204,8 +205,10 @@ class Engine:
                 continue
             running.append((sequence, queue, loop))
         going = []
+        kept_rows = []  # rows of the batch's KV that stay, then the newcomers join
         produced = 0
-        for sequence, queue, loop in [*self._running, *running]:
+        old = len(self._running)
+        for index, (sequence, queue, loop) in enumerate([*self._running, *running]):
             if sequence.cancelled:
                 continue
             if sequence.finish_reason is None:
@@ -215,9 +218,17 @@ class Engine:
                 events.append((queue, loop, sequence.result(self.tokenizer)))
             else:
                 going.append((sequence, queue, loop))
+                if index < old:
+                    kept_rows.append(index)
+        self._kv.keep(kept_rows)
+        for sequence, _, _ in going[len(kept_rows):]:
+            self._kv.add(sequence.cache)
+            sequence.cache = None  # its keys and values live in the batch's rows now
+        if not going:
+            self._kv = BatchKV(self.model)  # idle: let the memory go
         if going:
-            logits = decode_step(self.model, [s.last_token for s, _, _ in going],
-                                 [s.cache for s, _, _ in going])  # (B, V)
+            logits = decode_rows(self.model, [s.last_token for s, _, _ in going],
+                                 self._kv)  # (B, V)
             for row, (sequence, _, _) in enumerate(going):
                 sequence.logits = logits[row:row + 1]
         if self.on_step is not None and produced:

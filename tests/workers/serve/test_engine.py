@@ -96,3 +96,27 @@ def test_a_batched_prefill_fills_each_cache_as_a_prefill_of_its_own(model, token
         for layer in range(tiny_cfg.n_layers):
             torch.testing.assert_close(cache.keys[layer], alone.keys[layer], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(cache.values[layer], alone.values[layer], atol=1e-5, rtol=1e-5)
+
+
+def test_the_batch_kv_rows_decode_as_the_sequences_own_caches(model, tokenizer, tiny_cfg):
+    from model.attention import KVCache
+    from model.generate import prefill
+    from workers.serve.batch_decode import BatchKV, decode_rows, decode_step
+
+    prompts = [tokenizer.encode(p, bos=True) for p in PROMPTS[:3]]
+    caches, rows = [], BatchKV(model)
+    for prompt in prompts:
+        own, joining = KVCache(tiny_cfg, 1, len(prompt) + 80), KVCache(tiny_cfg, 1, len(prompt))
+        prefill(model, torch.tensor([prompt]), own, chunk=1024)
+        prefill(model, torch.tensor([prompt]), joining, chunk=1024)
+        caches.append(own)
+        rows.add(joining)
+    tokens = [20, 21, 22]
+    for step in range(70):  # past the first capacity (64): the rows grow
+        if step == 5:  # the middle sequence leaves; the others move up
+            caches, tokens = [caches[0], caches[2]], [tokens[0], tokens[2]]
+            rows.keep([0, 2])
+        expected = decode_step(model, tokens, caches)
+        torch.testing.assert_close(decode_rows(model, tokens, rows), expected, atol=1e-5, rtol=1e-5)
+        tokens = expected.argmax(-1).tolist()
+    assert rows.lengths == [c.length for c in caches]
