@@ -50,8 +50,8 @@ def needle_prompts(adapter: LocalAdapter, texts: list[str], length: int, count: 
         city, number = draw_needle(rng)
         question = question_prompt(city)
         room = length - adapter.count_tokens(needle_sentence(city, number) + question) - 4
-        text = insert_at_depths(haystack(texts, room, cpt, rng), [needle_sentence(city, number)],
-                                [i / max(count - 1, 1)])
+        text = insert_at_depths(haystack(adapter, texts, room, cpt, rng),
+                                [needle_sentence(city, number)], [i / max(count - 1, 1)])
         candidates = [number, *distractor_numbers(rng, distractors, {number})]
         out.append((text + question, [f" {c}" for c in candidates]))
     return out

@@ -69,7 +69,8 @@ class EndpointAdapter:
             if attempt < self.config.retries:
                 time.sleep(wait)
                 wait *= 2
-        raise EndpointError(f"{method} {url} failed {self.config.retries + 1} times; last: {failure}")
+        raise EndpointError(f"{method} {url} failed {self.config.retries + 1} times; "
+                            f"last: {failure}")
 
     def _first_model(self) -> str:
         models = self._request("GET", "/models").get("data") or []

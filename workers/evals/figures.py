@@ -18,14 +18,14 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def heatmaps(panels: list[tuple[str, np.ndarray, str]], lengths: list, depths: list[float],
-             length_label: str) -> bytes:
-    """One heatmap per (title, grid (len(depths), len(lengths)), colormap), side by side, as
-    the Gemini 1.5 report draws needle recall: depth down, context length across."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, (title, grid, cmap) in zip(axes[0], panels):
-        image = ax.imshow(grid, cmap=cmap, aspect="auto", vmin=np.nanmin(grid) if grid.size else 0,
-                          vmax=np.nanmax(grid) if grid.size else 1)
+def heatmaps(panels: list[tuple[str, np.ndarray, str, float, float]], lengths: list,
+             depths: list[float], length_label: str) -> bytes:
+    """One heatmap per (title, grid (len(depths), len(lengths)), colormap, low, high), side by
+    side, as the Gemini 1.5 report draws needle recall: depth down, context length across."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.6), squeeze=False,
+                             layout="constrained")
+    for ax, (title, grid, cmap, low, high) in zip(axes[0], panels):
+        image = ax.imshow(grid, cmap=cmap, aspect="auto", vmin=low, vmax=high)
         ax.set_xticks(range(len(lengths)), [str(x) for x in lengths])
         ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
         ax.set_xlabel(length_label)

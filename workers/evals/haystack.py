@@ -11,20 +11,32 @@ from workers.data.synth import _haystack_with_room, _insert, sentence_breaks
 from workers.evals.adapters import ModelAdapter
 
 SAMPLE_CHUNKS, CHUNK_CHARS = 8, 300  # short enough for any model's context
+FIT_TRIES = 6
 
 
 def chars_per_token(adapter: ModelAdapter, texts: list[str]) -> float:
     """The model's characters per token on held-out text (each chunk's count includes its
     beginning-of-sequence token: about 1% low)."""
     joined = "\n\n".join(texts)
-    chunks = [joined[i:i + CHUNK_CHARS] for i in range(0, len(joined), CHUNK_CHARS)]
-    chunks = [c for c in chunks[:SAMPLE_CHUNKS] if c.strip()]
+    starts = np.linspace(0, max(len(joined) - CHUNK_CHARS, 0), SAMPLE_CHUNKS).astype(int)
+    chunks = [c for c in (joined[i:i + CHUNK_CHARS] for i in starts) if c.strip()]
     return sum(map(len, chunks)) / max(sum(adapter.count_tokens(c) for c in chunks), 1)
 
 
-def haystack(texts: list[str], tokens: int, cpt: float, rng: np.random.Generator) -> str:
-    """About `tokens` tokens of held-out text, from a sentence start to a sentence end."""
-    return _haystack_with_room(texts, max(int(tokens * cpt), 1), 1, rng)[0]
+def haystack(adapter: ModelAdapter, texts: list[str], tokens: int, cpt: float,
+             rng: np.random.Generator) -> str:
+    """At most `tokens` tokens of held-out text (as the model counts them), from a sentence start
+    to a sentence end. Cut by the measured characters per token, and cut again shorter while the
+    model counts more: text varies in density (code takes more tokens than prose)."""
+    chars = max(int(tokens * cpt), 1)
+    for _ in range(FIT_TRIES):
+        text = _haystack_with_room(texts, chars, 1, rng)[0]
+        counted = adapter.count_tokens(text)
+        if counted <= tokens:
+            return text
+        chars = int(chars * tokens / counted * 0.95)
+    raise ValueError(f"no stretch of held-out text fits {tokens} tokens at a sentence end in "
+                     f"{FIT_TRIES} tries")
 
 
 def insert_at_depths(text: str, sentences: list[str], depths: list[float]) -> str:

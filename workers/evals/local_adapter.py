@@ -123,7 +123,8 @@ class LocalAdapter:
         device = next(self.model.parameters()).device
         weight = next(self.model.parameters())
         single = KVCache(self.cfg, 1, len(ids), dtype=weight.dtype, device=device)
-        last = prefill(self.model, torch.tensor([ids], device=device), single, 1024, media)  # (1, V)
+        ids_t = torch.tensor([ids], device=device)  # (1, T)
+        last = prefill(self.model, ids_t, single, SamplingParams().prefill_chunk, media)  # (1, V)
         batch = KVCache(self.cfg, len(conts), len(ids) + longest, dtype=weight.dtype, device=device)
         for layer in range(self.cfg.n_layers):
             batch.keys[layer][:, :, :len(ids)] = single.keys[layer]

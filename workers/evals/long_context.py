@@ -34,7 +34,7 @@ def niah_text(adapter: ModelAdapter, data: HeldOut, cfg: SuiteConfig) -> EvalRes
                 city, number = draw_needle(rng)
                 needle, question = needle_sentence(city, number), question_prompt(city)
                 room = length - _overhead(adapter, [needle], question)
-                text = insert_at_depths(haystack(data.texts, room, cpt, rng), [needle],
+                text = insert_at_depths(haystack(adapter, data.texts, room, cpt, rng), [needle],
                                         [float(depth)])
                 samples.append(NeedleSample(length, float(depth), city, number,
                                             [text + question]))
@@ -57,7 +57,7 @@ def multi_needle(adapter: ModelAdapter, data: HeldOut, cfg: SuiteConfig) -> Eval
         sentences = [needle_sentence(c, x) for c, x in needles]
         question, _ = _question("multi_needle", needles, rng)
         room = cfg.multi_length - _overhead(adapter, sentences, question)
-        text = insert_at_depths(haystack(data.texts, room, cpt, rng), sentences, depths)
+        text = insert_at_depths(haystack(adapter, data.texts, room, cpt, rng), sentences, depths)
         prompt = f"{text}\n\nQuestion: {question} Answer:"
         rows.append({"needles": needles, "prompt": prompt})
         prompts.append([prompt])

@@ -67,10 +67,12 @@ def score_grid(result: EvalResult, adapter: ModelAdapter, samples: list[NeedleSa
         result.metric("mean_rank", np.mean(ranked), len(ranked), dataset, higher_is_better=False)
     lengths = sorted({s.length for s in samples})
     depths = sorted({round(s.depth, 4) for s in samples})
-    panels = [("answer contains the number", _grid(table, "found", lengths, depths), "RdYlGn")]
+    panels = [("answer contains the number", _grid(table, "found", lengths, depths), "RdYlGn",
+               0.0, 1.0)]
     if ranked:
         panels.append((f"rank of the true number (of {distractors + 1})",
-                       _grid(table, "rank", lengths, depths), "RdYlGn_r"))
+                       _grid(table, "rank", lengths, depths), "RdYlGn_r", 1.0,
+                       float(distractors + 1)))
     result.figures[f"{result.eval}_heatmap.png"] = heatmaps(panels, lengths, depths, length_label)
 
 

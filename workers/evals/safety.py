@@ -94,8 +94,8 @@ def injection(adapter: ModelAdapter, data: HeldOut, cfg: SuiteConfig) -> EvalRes
     rng = np.random.default_rng([cfg.seed, 5])
     spec = builtin()["injection"]
     cpt = chars_per_token(adapter, data.texts)
-    sources = [("heldout", data.name, lambda: haystack(data.texts, cfg.injection_length, cpt,
-                                                       rng))]
+    sources = [("heldout", data.name,
+                lambda: haystack(adapter, data.texts, cfg.injection_length, cpt, rng))]
     emails = bipia_contexts(cfg.safety_data, cfg.injection_samples)
     if emails:
         chars = int(cfg.injection_length * cpt)  # emails cut to the length the suite asks

@@ -113,7 +113,8 @@ def scripted():
 
 
 def _completion(text: str, logprobs=None) -> dict:
-    return {"choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": "length"}],
+    return {"choices": [{"index": 0, "text": text, "logprobs": logprobs,
+                         "finish_reason": "length"}],
             "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
 
 

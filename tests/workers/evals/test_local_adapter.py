@@ -81,3 +81,15 @@ def test_the_checkpoint_is_verified_before_loading(trained, tmp_path):
         LocalAdapter.from_checkpoint(copy)
     model, _ = load_checkpoint(trained.checkpoint)
     assert isinstance(model, torch.nn.Module)
+
+
+def test_haystacks_fit_their_token_budget_whatever_the_text_density(adapter):
+    from workers.data.sources import python_docs_corpus
+    from workers.evals.haystack import chars_per_token, haystack
+
+    texts = python_docs_corpus()
+    rng = np.random.default_rng(0)
+    for budget in (60, 150, 300):
+        # characters per token overestimated 3x: the cut must still come back within budget
+        text = haystack(adapter, texts, budget, 3 * chars_per_token(adapter, texts), rng)
+        assert adapter.count_tokens(text) <= budget and text.endswith(".")

@@ -92,7 +92,8 @@ def test_exposure_is_log2_candidates_over_rank():
 
 def test_regressions_follow_each_metric_direction():
     def report(values):
-        return EvalReport(created_at="", model=ModelInfo(source="m", kind="checkpoint", digest=None),
+        model = ModelInfo(source="m", kind="checkpoint", digest=None)
+        return EvalReport(created_at="", model=model,
                           suite={}, data={}, datasets=[], evals={},
                           metrics=[Metric(name=n, value=v, count=1, dataset="d",
                                           higher_is_better=h) for n, v, h in values])

@@ -100,7 +100,8 @@ def test_regression_against_the_champion_is_cached_by_digest(trained, registry, 
 
     calls = []
     real = suite.run_evals
-    monkeypatch.setattr(suite, "run_evals", lambda *a, **k: calls.append(a[0].source) or real(*a, **k))
+    monkeypatch.setattr(suite, "run_evals",
+                        lambda *a, **k: calls.append(a[0].source) or real(*a, **k))
     again = evaluate(ref.version_uri, cfg, manifest=str(trained.dataset), settings=settings,
                      executor="inline", log_to_mlflow=False)
     assert calls == [ref.version_uri]  # the champion's results came from the cache
