@@ -78,6 +78,12 @@ class EndpointAdapter:
             raise EndpointError(f"{self.base}/models lists no model; pass the model name")
         return models[0]["id"]
 
+    def check(self) -> None:
+        """Reachable, the key accepted, and serving the model asked for (/v1/models)."""
+        served = [m["id"] for m in self._request("GET", "/models").get("data") or []]
+        if self.name not in served:
+            raise EndpointError(f"{self.base} serves {served}, not {self.name!r}")
+
     # --- generation ----------------------------------------------------------------------
 
     def complete(self, prompts: list[list[Part]], max_tokens: int) -> list[Generated]:

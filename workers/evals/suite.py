@@ -10,6 +10,7 @@ from pathlib import Path
 
 from infra.settings import Settings, get_settings
 from workers.evals.config import SuiteConfig, get_suite
+from workers.evals.endpoint_adapter import EndpointAdapter
 from workers.evals.heldout import load_heldout
 from workers.evals.models import ModelSpec, resolve_model
 from workers.evals.report import EvalReport, build_report, compare, read_report, write_report
@@ -72,7 +73,9 @@ def evaluate(model: str, suite: str | SuiteConfig = "demo", *, manifest: str | N
 
         configure_mlflow(settings)
     spec = resolve_model(model, settings, api_key, endpoint_model)
-    data = load_heldout(manifest, split, 4 * cfg.ppl_sequences)  # bad data fails before any task
+    if spec.endpoint is not None:
+        EndpointAdapter(spec.endpoint).check()  # a wrong URL, key or model fails before any task
+    data = load_heldout(manifest, split, 4 * cfg.ppl_sequences)  # so does bad data
     results = run_evals(spec, cfg, manifest, split, executor)
     report = build_report(spec, cfg, data, results)
     champion = champion or default_champion(model)

@@ -176,3 +176,14 @@ def test_the_suite_through_the_endpoint_measures_what_it_measures_in_process(liv
         m.name for m in here.metrics}
     assert any("text only" in note for note in remote.evals["niah_video"].notes)
     assert any(note.startswith("audio: not measured") for note in remote.evals["perplexity"].notes)
+
+
+def test_a_bad_key_or_model_name_fails_before_any_eval_runs(live, trained, tmp_path):
+    from infra.settings import Settings
+    from workers.evals.suite import evaluate
+
+    common = dict(settings=Settings(home=tmp_path), executor="ray", log_to_mlflow=False)
+    with pytest.raises(EndpointError, match="HTTP 401"):
+        evaluate(live.url, "tiny", api_key="wrong", **common)
+    with pytest.raises(EndpointError, match="not 'gpt-9'"):
+        evaluate(live.url, "tiny", api_key=live.generated_key, endpoint_model="gpt-9", **common)
