@@ -7,7 +7,7 @@ adapter turns into what its model takes (log-mel features here, WAV and PNG over
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -54,7 +54,6 @@ class TokenSequence:
 class Generated:
     text: str
     prompt_tokens: int = 0  # as the model counted them
-    extra: dict = field(default_factory=dict)
 
 
 class ModelAdapter(Protocol):

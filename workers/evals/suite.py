@@ -4,7 +4,6 @@ written as the eval report and logged to MLflow. Callable without Prefect or the
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +105,3 @@ def summary_rows(report: EvalReport) -> list[tuple[str, str, str, str]]:
         rows.append((m.name, f"{m.value:.4g}", str(m.count), vs))
     return rows
 
-
-def report_json(report: EvalReport) -> str:
-    return json.dumps(report.model_dump(mode="json"), indent=2)
