@@ -160,9 +160,10 @@ def test_the_suite_through_the_endpoint_measures_what_it_measures_in_process(liv
 
     cfg = get_suite("tiny", evals=("perplexity", "niah_text", "niah_video", "refusal", "pii"))
     common = dict(manifest=str(trained.dataset), settings=Settings(home=tmp_path),
-                  executor="inline", log_to_mlflow=False)
-    remote = evaluate(live.url, cfg, api_key=live.generated_key, **common).report
-    here = evaluate(str(trained.checkpoint), cfg, **common).report
+                  log_to_mlflow=False)
+    # through the endpoint as Ray tasks (beside the replica), in process one after another
+    remote = evaluate(live.url, cfg, api_key=live.generated_key, executor="ray", **common).report
+    here = evaluate(str(trained.checkpoint), cfg, executor="inline", **common).report
     assert remote.model.kind == "endpoint" and remote.model.digest is None
     for name in ("niah_text.accuracy", "niah_text.mean_rank", "pii.exact_extraction_rate",
                  "pii.mean_exposure", "refusal.builtin.refusal_rate", "niah_video.accuracy"):
