@@ -158,7 +158,8 @@ class Client:
     async def complete(self, prompt: str, max_tokens: int | None = None) -> dict:
         """Non-streaming: completion tokens and the request's wall time."""
         start = time.perf_counter()
-        async with self.session.post(f"{self.url}/v1/completions", data=self.body(prompt, False, max_tokens),
+        async with self.session.post(f"{self.url}/v1/completions",
+                                     data=self.body(prompt, False, max_tokens),
                                      headers=self.headers) as response:
             reply = await response.json()
             if response.status != 200:
@@ -167,7 +168,7 @@ class Client:
         return {"tokens": reply["usage"]["completion_tokens"], "seconds": seconds}
 
     async def stream(self, prompt: str) -> dict:
-        """Streaming: completion tokens, wall time, time to the first text chunk, time to the last."""
+        """Streaming: completion tokens, wall time, times to the first and last text chunks."""
         start = time.perf_counter()
         first = last = None
         tokens = None
@@ -244,7 +245,8 @@ async def single_stream(client: Client, model, tokenizer, n: int, repeats: int) 
         generate(model, tokenizer, tokenizer.encode(PROMPTS[0], bos=True),
                  SamplingParams(max_new_tokens=1))
         one["in-process generate"].append(time.perf_counter() - start)
-        one["HTTP non-streaming"].append((await client.complete(PROMPTS[0], max_tokens=1))["seconds"])
+        reply = await client.complete(PROMPTS[0], max_tokens=1)
+        one["HTTP non-streaming"].append(reply["seconds"])
 
     out = {}
     for name, rows in samples.items():
@@ -273,7 +275,8 @@ def summarise_load(walls: dict[int, list[float]], results: dict[int, list[list[d
                   "aggregate_per_repeat": [round(a, 1) for a in aggregate],
                   "requests": len(pooled),
                   "token_counts": sorted({r["tokens"] for r in pooled}),
-                  "latency_p50_s": percentile(latency, 50), "latency_p99_s": percentile(latency, 99),
+                  "latency_p50_s": percentile(latency, 50),
+                  "latency_p99_s": percentile(latency, 99),
                   "ttft_p50_s": percentile(ttft, 50) if ttft else None,
                   "ttft_p99_s": percentile(ttft, 99) if ttft else None}
         if cpu is not None:

@@ -72,7 +72,8 @@ class PrefillCaches:
     def __init__(self, caches: list[KVCache], lengths: list[int]):
         self.caches, self.lengths = caches, lengths
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, layer: int, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for i, (cache, n) in enumerate(zip(self.caches, self.lengths)):
             cache.keys[layer][:, :, :n] = k[i:i + 1, :, :n]
             cache.values[layer][:, :, :n] = v[i:i + 1, :, :n]
@@ -80,7 +81,8 @@ class PrefillCaches:
 
 
 @torch.no_grad()
-def prefill_batch(model: Transformer, prompts: list[list[int]], caches: list[KVCache]) -> torch.Tensor:
+def prefill_batch(model: Transformer, prompts: list[list[int]],
+                  caches: list[KVCache]) -> torch.Tensor:
     """Text prompts (no media) in one forward pass into their own empty caches -> the logits of
     each prompt's last token (B, V), float32.
 
@@ -167,12 +169,13 @@ class BatchKV:
         self._rows = torch.arange(len(self.lengths), device=self.device)
         self.padded_len = max(self.lengths) + 1  # after this step's token
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, layer: int, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v (B, Hkv, 1, Dh) -> all keys, values so far (B, Hkv, padded_len, Dh) (views)."""
-        B = k.shape[0]
+        B, end = k.shape[0], self.padded_len
         self.keys[layer][self._rows, :, self._lengths] = k[:, :, 0]
         self.values[layer][self._rows, :, self._lengths] = v[:, :, 0]
-        return self.keys[layer][:B, :, :self.padded_len], self.values[layer][:B, :, :self.padded_len]
+        return self.keys[layer][:B, :, :end], self.values[layer][:B, :, :end]
 
     def mask(self) -> torch.Tensor | None:
         """(B, 1, 1, padded_len): True where a row has a real key; None for a single row."""

@@ -61,8 +61,10 @@ class Engine:
         self.device = next(model.parameters()).device
         # (sequence, its queue, the queue's event loop); shared with the engine thread under _lock
         self._waiting: deque[tuple[Sequence, asyncio.Queue, asyncio.AbstractEventLoop]] = deque()
-        self._jobs: deque[tuple[Callable[[], object], asyncio.Future, asyncio.AbstractEventLoop]] = deque()
-        self._running: list[tuple[Sequence, asyncio.Queue, asyncio.AbstractEventLoop]] = []  # thread's
+        self._jobs: deque[tuple[Callable[[], object], asyncio.Future,
+                                asyncio.AbstractEventLoop]] = deque()
+        # the engine thread's own
+        self._running: list[tuple[Sequence, asyncio.Queue, asyncio.AbstractEventLoop]] = []
         self._kv = BatchKV(model)  # the running sequences' keys and values, a row each (thread's)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None

@@ -94,8 +94,9 @@ def test_a_batched_prefill_fills_each_cache_as_a_prefill_of_its_own(model, token
         assert cache.length == alone.length == len(prompt)
         torch.testing.assert_close(logits[row:row + 1], expected, atol=1e-5, rtol=1e-5)
         for layer in range(tiny_cfg.n_layers):
-            torch.testing.assert_close(cache.keys[layer], alone.keys[layer], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(cache.values[layer], alone.values[layer], atol=1e-5, rtol=1e-5)
+            for got, expected in ((cache.keys[layer], alone.keys[layer]),
+                                  (cache.values[layer], alone.values[layer])):
+                torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_the_batch_kv_rows_decode_as_the_sequences_own_caches(model, tokenizer, tiny_cfg):
