@@ -45,12 +45,12 @@ class LocalAdapter:
         if isinstance(part, Audio):
             wave = resample(part.wave, part.sample_rate, self.cfg.audio_sample_rate)
             return MediaPart("audio", audio_features(torch.from_numpy(wave), self.cfg))
-        side = part.frames[0].shape[0] // self._video_step() * self._video_step()
-        frames = np.stack([fit_image(f, max(side, self._video_step())) for f in part.frames])
+        # square frames, a multiple of the pooled patch, no larger than the encoder's grid
+        step = self.cfg.image_patch_size * self.cfg.video_pool
+        largest = self.cfg.image_patch_size * self.cfg.image_max_patches_per_side
+        side = max(min(part.frames[0].shape[0], largest) // step * step, step)
+        frames = np.stack([fit_image(f, side) for f in part.frames])  # (F, 3, S, S)
         return MediaPart("video", torch.from_numpy(frames), timestamps=list(part.timestamps))
-
-    def _video_step(self) -> int:
-        return self.cfg.image_patch_size * self.cfg.video_pool
 
     def encode(self, parts: list[Part]) -> tuple[list[int], Media]:
         converted = [p if isinstance(p, str) else self._media_part(p) for p in parts]
