@@ -67,19 +67,19 @@ def retrieval_examples(count: int, haystack_texts: list[str], haystack_chars: in
 def _retrieval_example(variant: str, texts: list[str], chars: int, rng: np.random.Generator,
                        key: str) -> Document:
     n = 1 if variant == "single" else MULTI_NEEDLES
-    haystack, breaks = _haystack_with_room(texts, chars, n, rng)
-    needles = _draw_needles(rng, n, one_city=variant == "multi_value")
+    haystack, breaks = haystack_with_room(texts, chars, n, rng)
+    needles = draw_needles(rng, n, one_city=variant == "multi_value")
     # A break is as likely as the stretch of text it opens is long: depth is uniform, snapped back.
     weights = np.diff([*breaks, len(haystack)]) / len(haystack)
     positions = sorted(int(p) for p in rng.choice(breaks, size=n, replace=False, p=weights))
-    text = _insert(haystack, positions, [needle_sentence(c, x) for c, x in needles])
-    question, answer = _question(variant, needles, rng)
+    text = insert_sentences(haystack, positions, [needle_sentence(c, x) for c, x in needles])
+    question, answer = retrieval_question(variant, needles, rng)
     depths = ",".join(f"{p / len(haystack):.3f}" for p in positions)
     return _document("retrieval", key, f"{text}\n\nQuestion: {question} Answer: {answer}",
                      {"variant": variant, "depth": depths, "answer": answer}, license="")
 
 
-def _haystack_with_room(texts: list[str], chars: int, needles: int,
+def haystack_with_room(texts: list[str], chars: int, needles: int,
                         rng: np.random.Generator) -> tuple[str, list[int]]:
     for _ in range(HAYSTACK_DRAWS):
         haystack = _haystack(texts, chars, rng)
@@ -103,7 +103,7 @@ def _haystack(texts: list[str], chars: int, rng: np.random.Generator) -> str:
     return window[:ends[-1]] if ends else ""
 
 
-def _draw_needles(rng: np.random.Generator, n: int, one_city: bool) -> list[tuple[str, str]]:
+def draw_needles(rng: np.random.Generator, n: int, one_city: bool) -> list[tuple[str, str]]:
     """n (city, number) pairs: distinct numbers, and distinct cities unless `one_city`."""
     drawn: list[tuple[str, str]] = []
     while len(drawn) < n:
@@ -114,7 +114,7 @@ def _draw_needles(rng: np.random.Generator, n: int, one_city: bool) -> list[tupl
     return drawn
 
 
-def _insert(text: str, positions: list[int], sentences: list[str]) -> str:
+def insert_sentences(text: str, positions: list[int], sentences: list[str]) -> str:
     """Each sentence placed at its (ascending) position, followed by a space."""
     pieces = [text[:positions[0]]]
     for sentence, start, end in zip(sentences, positions, [*positions[1:], len(text)]):
@@ -122,7 +122,7 @@ def _insert(text: str, positions: list[int], sentences: list[str]) -> str:
     return "".join(pieces)
 
 
-def _question(variant: str, needles: list[tuple[str, str]],
+def retrieval_question(variant: str, needles: list[tuple[str, str]],
               rng: np.random.Generator) -> tuple[str, str]:
     if variant in ("single", "multi_key"):
         city, number = needles[int(rng.integers(len(needles)))]

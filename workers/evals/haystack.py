@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from workers.data.needles import needle_question
-from workers.data.synth import _haystack_with_room, _insert, sentence_breaks
+from workers.data.synth import haystack_with_room, insert_sentences, sentence_breaks
 from workers.evals.adapters import ModelAdapter
 
 SAMPLE_CHUNKS, CHUNK_CHARS = 8, 300  # short enough for any model's context
@@ -30,7 +30,7 @@ def haystack(adapter: ModelAdapter, texts: list[str], tokens: int, cpt: float,
     model counts more: text varies in density (code takes more tokens than prose)."""
     chars = max(int(tokens * cpt), 1)
     for _ in range(FIT_TRIES):
-        text = _haystack_with_room(texts, chars, 1, rng)[0]
+        text = haystack_with_room(texts, chars, 1, rng)[0]
         counted = adapter.count_tokens(text)
         if counted <= tokens:
             return text
@@ -44,7 +44,7 @@ def insert_at_depths(text: str, sentences: list[str], depths: list[float]) -> st
     breaks = np.array(sentence_breaks(text) + [len(text)])
     positions = [int(breaks[np.abs(breaks - d * len(text)).argmin()]) for d in depths]
     order = np.argsort(positions, kind="stable")
-    return _insert(text, [positions[i] for i in order], [sentences[i] for i in order])
+    return insert_sentences(text, [positions[i] for i in order], [sentences[i] for i in order])
 
 
 def question_prompt(city: str, before: str = "\n\n") -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from workers.data.needles import draw_needle, needle_sentence
-from workers.data.synth import _draw_needles, _question
+from workers.data.synth import draw_needles, retrieval_question
 from workers.evals.adapters import CapabilityError, ModelAdapter
 from workers.evals.config import SuiteConfig
 from workers.evals.haystack import (chars_per_token, distractor_numbers, found, haystack,
@@ -53,9 +53,9 @@ def multi_needle(adapter: ModelAdapter, data: HeldOut, cfg: SuiteConfig) -> Eval
     depths = [(i + 1) / (n + 1) for i in range(n)]
     rows, prompts, texts = [], [], []
     for _ in range(cfg.multi_samples):
-        needles = _draw_needles(rng, n, one_city=False)
+        needles = draw_needles(rng, n, one_city=False)
         sentences = [needle_sentence(c, x) for c, x in needles]
-        question, _ = _question("multi_needle", needles, rng)
+        question, _ = retrieval_question("multi_needle", needles, rng)
         room = cfg.multi_length - _overhead(adapter, sentences, question)
         text = insert_at_depths(haystack(adapter, data.texts, room, cpt, rng), sentences, depths)
         prompt = f"{text}\n\nQuestion: {question} Answer:"
