@@ -378,6 +378,50 @@ def eval_cmd(
                                              else ""), soft_wrap=True)
 
 
+@app.command("gate")
+def gate_cmd(
+    report: Path = typer.Option(..., help="an eval report (report.json, or its folder)"),
+    policy: str = typer.Option("default", help="a gate policy: default, demo, or a YAML file"),
+    record: str | None = typer.Option(None, help="NAME/VERSION of the registered model version "
+                                      "the report judged: tag it with the decision"),
+) -> None:
+    """Apply a gate policy to an eval report; print each check; optionally record the decision
+    on the model version. Exits 1 when the gate fails."""
+    from mlflow import MlflowClient
+
+    from infra.tracking import configure_mlflow
+    from pipelines.gate.decide import GateError, decide
+    from pipelines.gate.policy import PolicyError, load_policy
+    from pipelines.gate.record import record_decision
+    from workers.evals.report import REPORT_NAME, read_report
+
+    try:
+        gate_policy = load_policy(policy)
+    except PolicyError as e:
+        console.print(f"[red]policy refused:[/] {e}")
+        raise typer.Exit(2) from e
+    decision = decide(read_report(report / REPORT_NAME if report.is_dir() else report), gate_policy)
+    table = Table(title=f"gate {decision.policy}: {decision.status}")
+    for col in ("check", "metric", "threshold", "value", "result"):
+        table.add_column(col)
+    for c in decision.checks:
+        table.add_row(c.name + (" (hard)" if c.hard else ""), c.metric, c.threshold,
+                      "—" if c.value is None else f"{c.value:.4g}",
+                      ("[green]pass[/] " if c.passed else "[red]fail[/] ") + c.reason)
+    console.print(table)
+    if record:
+        name, _, version = record.rpartition("/")
+        configure_mlflow()
+        try:
+            path = record_decision(MlflowClient(), name, version, decision)
+        except GateError as e:
+            console.print(f"[red]not recorded:[/] {e}")
+            raise typer.Exit(2) from e
+        console.print(f"recorded on {name} version {version}: gate.* tags and {path}")
+    if decision.status == "failed":
+        raise typer.Exit(1)
+
+
 @app.command()
 def verify(checkpoint: Path = typer.Argument(..., help="checkpoint folder")) -> None:
     """Check every file of a checkpoint against its digest.json."""
