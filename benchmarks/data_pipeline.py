@@ -142,10 +142,10 @@ def summary(manifest: dict) -> dict:
 
 
 def check_same_work(single: dict, ray_: dict) -> None:
-    """Same documents, same tokenizer, same tokens. Not the row count: Ray Data may hand PackStage
-    a short batch at a block boundary, which closes one padded row more than the baseline's
-    exact docs_per_batch batches (a handful of rows in thousands)."""
-    keys = ("documents", "tokens", "text_tokens", "tokenizer_sha256", "quarantined", "duplicates")
+    """Same documents, tokenizer, tokens and rows: both run the same stages on the same work
+    units, so anything else is a bug the comparison must not hide."""
+    keys = ("documents", "tokens", "text_tokens", "rows", "tokenizer_sha256", "quarantined",
+            "duplicates")
     differ = {k: (single[k], ray_[k]) for k in keys if single[k] != ray_[k]}
     if differ:
         raise SystemExit(f"the single-process and Ray builds disagree ({differ}): the comparison "
@@ -511,7 +511,7 @@ def run(quick: bool, base: float, throughput: float, sample_bytes: int, repeats:
                 f"{warm['ray'][0]['documents']} documents) took {warm['ray'][1].seconds:.1f} s "
                 f"with Ray and {warm['single'][1].seconds:.1f} s in one process. Ray worker "
                 f"processes started per build: {workers_started:g}; a fresh interpreter imports "
-                f"workers.data.build (torch, ...) in {import_s:.1f} s, which every new actor "
+                f"workers.data.build (torch, ...) in {import_s:.1f} s, which every new Ray worker "
                 f"process pays.")
     print_table(
         "Peak memory of the whole build (summed RSS of driver + Ray processes, every "

@@ -110,7 +110,7 @@ class ReadStage:
         tables = []
         for source, item, order in zip(*(batch.column(c).to_pylist() for c in ("source", "item", "order"))):
             table = pa.Table.from_pylist(self.read_item(source, item, order), schema=STAGING_SCHEMA)
-            write_bytes(join(self.staging_uri, f"staged-{order:08d}.parquet"), parquet_bytes(table))
+            write_bytes(staged_file(self.staging_uri, f"{order:08d}"), parquet_bytes(table))
             tables.append(table.select(LIGHT_COLUMNS))
         return pa.concat_tables(tables)
 
@@ -147,7 +147,8 @@ def tokenize_document(doc: Document, tokenizer: Tokenizer, spec_model) -> Tokeni
 
 
 def staged_file(staging_uri: str, doc_key: str) -> str:
-    """The staging file holding a document: one per work item, named by its corpus order."""
+    """The staging file of a work item (its order, 8 digits) and of every document key it made
+    (<order>.<index>): one per work item, named by its corpus order."""
     return join(staging_uri, f"staged-{doc_key.split('.')[0]}.parquet")
 
 

@@ -6,6 +6,7 @@ ask it. Lengths are seconds of speech and numbers of frames; depths are linearly
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 
@@ -71,35 +72,37 @@ def needle_video(sentences: list[str], needle: str, frames: int, depth: float, s
     return Video(out, [f / fps for f in range(frames)])
 
 
-def niah_audio(adapter: ModelAdapter, data: HeldOut, cfg: SuiteConfig) -> EvalResult:
-    result = EvalResult(eval="niah_audio")
-    rng = np.random.default_rng([cfg.seed, 3])
-    sentences = _sentences(data)
+def media_needle_grid(name: str, seed: int, lengths: list, depths: int, lead: str,
+                      haystack: Callable[[str, float, float, np.random.Generator], object],
+                      adapter: ModelAdapter, data: HeldOut, cfg: SuiteConfig, source: str,
+                      axis: str) -> EvalResult:
+    """A lengths x depths grid of needles hidden in a medium (haystack(needle, length, depth,
+    rng)), each followed by the question in text, scored like the text grid."""
+    result = EvalResult(eval=name)
+    rng = np.random.default_rng([cfg.seed, seed])
     samples = []
-    for seconds in cfg.audio_seconds:
-        for depth in np.linspace(0.0, 1.0, cfg.audio_depths):
+    for length in lengths:
+        for depth in np.linspace(0.0, 1.0, depths):
             city, number = draw_needle(rng)
-            audio = spoken_haystack(sentences, needle_sentence(city, number), seconds,
-                                    float(depth), rng)
-            samples.append(NeedleSample(seconds, float(depth), city, number,
-                                        ["Listen: ", audio, question_prompt(city, " ")]))
-    score_grid(result, adapter, samples, f"speech of {data.name}", cfg.answer_tokens,
-               cfg.niah_distractors, rng, "speech (seconds)")
+            medium = haystack(needle_sentence(city, number), length, float(depth), rng)
+            samples.append(NeedleSample(length, float(depth), city, number,
+                                        [lead, medium, question_prompt(city, " ")]))
+    score_grid(result, adapter, samples, source, cfg.answer_tokens, cfg.niah_distractors, rng, axis)
     return result
+
+
+def niah_audio(adapter: ModelAdapter, data: HeldOut, cfg: SuiteConfig) -> EvalResult:
+    sentences = _sentences(data)
+    return media_needle_grid(
+        "niah_audio", 3, cfg.audio_seconds, cfg.audio_depths, "Listen: ",
+        lambda needle, seconds, depth, rng: spoken_haystack(sentences, needle, seconds, depth, rng),
+        adapter, data, cfg, f"speech of {data.name}", "speech (seconds)")
 
 
 def niah_video(adapter: ModelAdapter, data: HeldOut, cfg: SuiteConfig) -> EvalResult:
-    result = EvalResult(eval="niah_video")
-    rng = np.random.default_rng([cfg.seed, 4])
     sentences = _sentences(data)
-    samples = []
-    for frames in cfg.video_frames:
-        for depth in np.linspace(0.0, 1.0, cfg.video_depths):
-            city, number = draw_needle(rng)
-            video = needle_video(sentences, needle_sentence(city, number), frames, float(depth),
-                                 cfg.frame_size, cfg.video_fps, rng)
-            samples.append(NeedleSample(frames, float(depth), city, number,
-                                        ["Watch: ", video, question_prompt(city, " ")]))
-    score_grid(result, adapter, samples, f"frames of {data.name} and bundled photos",
-               cfg.answer_tokens, cfg.niah_distractors, rng, "video (frames)")
-    return result
+    return media_needle_grid(
+        "niah_video", 4, cfg.video_frames, cfg.video_depths, "Watch: ",
+        lambda needle, frames, depth, rng: needle_video(sentences, needle, frames, depth,
+                                                        cfg.frame_size, cfg.video_fps, rng),
+        adapter, data, cfg, f"frames of {data.name} and bundled photos", "video (frames)")

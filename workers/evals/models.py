@@ -27,19 +27,13 @@ class ModelSpec:
 
 def resolve_model(source: str, settings: Settings, api_key: str | None = None,
                   endpoint_model: str | None = None) -> ModelSpec:
-    from workers.train.mlflow_model import checkpoint_digest
+    from workers.train.mlflow_model import checkpoint_digest, fetch_checkpoint
 
     if source.startswith(("http://", "https://")):
         return ModelSpec(source, endpoint=EndpointConfig(source, endpoint_model, api_key))
     if source.startswith("models:/"):
-        import mlflow
-
-        from workers.train.mlflow_model import download_checkpoint
-
-        mlflow.set_tracking_uri(settings.tracking_uri)
-        folder = settings.home / "evals" / "models" / re.sub(r"[^\w.-]+", "_",
-                                                              source.removeprefix("models:/"))
-        download_checkpoint(source, folder)  # every file verified against the registered digest
+        # every file verified against the registered digest
+        folder = fetch_checkpoint(source, settings.tracking_uri, settings.home / "evals" / "models")
         return ModelSpec(source, str(folder.resolve()), digest=checkpoint_digest(folder),
                          model_id=logged_model_id(source))
     folder = Path(source)
@@ -50,18 +44,11 @@ def resolve_model(source: str, settings: Settings, api_key: str | None = None,
 
 def logged_model_id(uri: str) -> str | None:
     """The LoggedModel behind models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-ID."""
-    from mlflow import MlflowClient
+    from workers.train.mlflow_model import registered_version
 
-    path = uri.removeprefix("models:/")
-    if re.fullmatch(r"m-[0-9a-f]+", path):
-        return path
-    client = MlflowClient()
-    if match := re.fullmatch(r"(.+)@([^/@]+)", path):
-        version = client.get_model_version_by_alias(*match.groups())
-    elif match := re.fullmatch(r"(.+)/(\d+)", path):
-        version = client.get_model_version(*match.groups())
-    else:
-        return None
+    version = registered_version(uri)
+    if version is None:  # models:/m-ID names the LoggedModel itself
+        return uri.removeprefix("models:/")
     if version.model_id:
         return version.model_id
     source = re.fullmatch(r"models:/(m-[0-9a-f]+)", version.source or "")  # registered from it

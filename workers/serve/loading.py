@@ -12,7 +12,7 @@ from infra.settings import Settings
 from model.checkpoint import load_checkpoint
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
-from workers.train.mlflow_model import checkpoint_digest, download_checkpoint
+from workers.train.mlflow_model import checkpoint_digest, fetch_checkpoint
 
 
 @dataclass
@@ -41,19 +41,8 @@ def model_name(source: str, settings: Settings) -> str:
     return registered_name(source) if source.startswith("models:/") else Path(source).name
 
 
-def fetch_checkpoint(source: str, settings: Settings) -> Path:
-    """A checkpoint folder for `source`; a models:/ URI is downloaded (verified) under home."""
-    if not source.startswith("models:/"):
-        return Path(source)
-    import mlflow
-
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    folder = re.sub(r"[^\w.-]+", "_", source.removeprefix("models:/"))
-    return download_checkpoint(source, settings.home / "serve" / "models" / folder)
-
-
 def load_served_model(source: str, settings: Settings) -> ServedModel:
-    folder = fetch_checkpoint(source, settings)
+    folder = fetch_checkpoint(source, settings.tracking_uri, settings.home / "serve" / "models")
     digest = checkpoint_digest(folder)  # every file against digest.json, before loading
     model, tokenizer = load_checkpoint(folder)
     return ServedModel(model_name(source, settings), source, digest, model.eval(), tokenizer,

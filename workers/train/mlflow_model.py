@@ -132,19 +132,39 @@ def _resolve(uri: str) -> tuple[str | None, str]:
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    path = uri.removeprefix("models:/")
-    if re.fullmatch(r"m-[0-9a-f]+", path):
-        logged = client.get_logged_model(path)
+    found = registered_version(uri)
+    if found is None:
+        logged = client.get_logged_model(uri.removeprefix("models:/"))
         return logged.tags.get(DIGEST_TAG), logged.artifact_location
-    if match := re.fullmatch(r"(.+)@([^/@]+)", path):
-        found = client.get_model_version_by_alias(*match.groups())
-    elif match := re.fullmatch(r"(.+)/(\d+)", path):
-        found = client.get_model_version(*match.groups())
-    else:
-        raise ValueError(f"{uri}: expected models:/NAME/VERSION, models:/NAME@ALIAS or "
-                         "models:/m-ID")
     return (found.tags.get(DIGEST_TAG),
             client.get_model_version_download_uri(found.name, found.version))
+
+
+def registered_version(uri: str):
+    """The registry's ModelVersion behind models:/NAME/VERSION or models:/NAME@ALIAS; None for
+    models:/m-ID (a LoggedModel, not a version)."""
+    from mlflow import MlflowClient
+
+    path = uri.removeprefix("models:/")
+    if re.fullmatch(r"m-[0-9a-f]+", path):
+        return None
+    if match := re.fullmatch(r"(.+)@([^/@]+)", path):
+        return MlflowClient().get_model_version_by_alias(*match.groups())
+    if match := re.fullmatch(r"(.+)/(\d+)", path):
+        return MlflowClient().get_model_version(*match.groups())
+    raise ValueError(f"{uri}: expected models:/NAME/VERSION, models:/NAME@ALIAS or models:/m-ID")
+
+
+def fetch_checkpoint(source: str, tracking_uri: str, downloads: Path) -> Path:
+    """A verified checkpoint folder for `source`: a folder as it is; a models:/ URI downloaded
+    (every file verified) into downloads/<the URI as a folder name>."""
+    if not source.startswith("models:/"):
+        return Path(source)
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return download_checkpoint(source, downloads / re.sub(r"[^\w.-]+", "_",
+                                                          source.removeprefix("models:/")))
 
 
 def download_checkpoint(model: str | ModelRef, dst: str | Path, *,
