@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, model_validator
@@ -26,6 +28,19 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None  # None: SQLite under home
     mlflow_artifact_root: str | None = None  # None: a folder under home (or s3://...)
     mlflow_experiment: str = "longmix"
+    storage_uri: str | None = None  # audit log, deployment records: a folder or s3://; None: home
+    user: str | None = None  # who triggers runs and reviews (four eyes); None: the OS user
+
+    # promotion (pipelines/): how long a flow waits for a reviewer, how long an approval holds,
+    # and where an approved version is deployed
+    approval_timeout_s: float = Field(3600.0, gt=0)
+    approval_poll_s: float = Field(5.0, gt=0)
+    approval_valid_hours: float | None = Field(None, gt=0)  # None: an approval does not expire
+    deploy_target: Literal["local", "rayservice"] = "local"  # local Ray Serve, or KubeRay
+    k8s_namespace: str = "longmix"  # the RayService's namespace (deploy_target=rayservice)
+    k8s_rayservice: str = "longmix"  # the RayService the deployer creates or patches
+    k8s_serve_url: str | None = None  # the RayService's endpoint as the deployer reaches it
+    k8s_ready_timeout_s: float = Field(1800.0, gt=0)  # a new cluster may need nodes first
 
     # serving (workers/serve): Ray Serve's HTTP proxy, API keys, batching and body limits, replicas
     serve_host: str = "127.0.0.1"
@@ -52,6 +67,22 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.home / "cache"
+
+    @property
+    def storage_root(self) -> str:
+        return self.storage_uri.rstrip("/") if self.storage_uri else str(self.home.resolve())
+
+    @property
+    def audit_uri(self) -> str:
+        return f"{self.storage_root}/audit"
+
+    @property
+    def deployments_uri(self) -> str:
+        return f"{self.storage_root}/deployments"
+
+    @property
+    def username(self) -> str:
+        return self.user or getpass.getuser()
 
     @property
     def tracking_uri(self) -> str:
