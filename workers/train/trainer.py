@@ -64,8 +64,24 @@ def local_checkpoint(checkpoint, downloads: Path) -> Path:
     return target
 
 
-def train(cfg: TrainConfig, settings: Settings | None = None) -> TrainResult:
-    """Run one stage; refused before any worker starts if the config, dataset or checkpoint is bad."""
+TRAIN_KEY_TAG = "longmix.train_key"
+
+
+def unfinished_run(key: str) -> str | None:
+    """The MLflow run of an earlier attempt with the same inputs that never finished (killed)."""
+    import mlflow
+
+    runs = mlflow.search_runs(filter_string=f"tags.`{TRAIN_KEY_TAG}` = '{key}'",
+                              order_by=["attributes.start_time DESC"], max_results=1,
+                              output_format="list")
+    return runs[0].info.run_id if runs and runs[0].info.status != "FINISHED" else None
+
+
+def train(cfg: TrainConfig, settings: Settings | None = None, *, key: str | None = None) -> TrainResult:
+    """Run one stage; refused before any worker starts if the config, dataset or checkpoint is bad.
+
+    `key` names the stage's inputs (a digest): a second call with the same key after a killed
+    attempt continues that attempt's MLflow run and Ray Train run from its last checkpoint."""
     import mlflow
     import ray
     from ray.train import DataConfig
@@ -85,7 +101,11 @@ def train(cfg: TrainConfig, settings: Settings | None = None) -> TrainResult:
     configure_mlflow(settings)
     parent = mlflow.active_run()
     name = cfg.run_name or f"{cfg.stage}-{manifest['name']}"
-    with mlflow.start_run(run_name=name, nested=parent is not None) as run:
+    resumed = unfinished_run(key) if key else None
+    with mlflow.start_run(run_id=resumed, run_name=None if resumed else name,
+                          nested=parent is not None) as run:
+        if key:
+            mlflow.set_tag(TRAIN_KEY_TAG, key)
         mlflow.log_params({**{k: v for k, v in cfg.model_dump().items() if v is not None},
                            "dataset_digest": manifest["digest"], "seq_len": plan.seq_len,
                            **{f"model.{k}": v for k, v in plan.model.items()}})
@@ -96,7 +116,8 @@ def train(cfg: TrainConfig, settings: Settings | None = None) -> TrainResult:
                                "tokenizer": tokenizer, "tracking_uri": settings.tracking_uri,
                                "run_id": run.info.run_id},
             scaling_config=scaling_config(cfg),
-            run_config=run_config(cfg, settings, f"{name}-{run.info.run_id[:8]}"),
+            # one Ray Train run per inputs when keyed: fit() again continues its last checkpoint
+            run_config=run_config(cfg, settings, f"{name}-{key[:16] if key else run.info.run_id[:8]}"),
             datasets={"train": split_dataset(manifest, "train", sft=cfg.stage == "sft"),
                       "validation": split_dataset(manifest, "validation", sft=cfg.stage == "sft")},
             dataset_config=DataConfig(datasets_to_split="all"),
@@ -115,7 +136,8 @@ def train(cfg: TrainConfig, settings: Settings | None = None) -> TrainResult:
         if cfg.registered_model:
             ref = log_checkpoint_model(checkpoint, run.info.run_id, registered_name=cfg.registered_model,
                                        tags={"longmix.stage": cfg.stage,
-                                             "longmix.dataset_digest": manifest["digest"]})
+                                             "longmix.dataset_digest": manifest["digest"],
+                                             **({TRAIN_KEY_TAG: key} if key else {})})
             model_uri, version = ref.model_uri, ref.version
         return TrainResult(checkpoint, run.info.run_id, model_uri, version, dict(result.metrics or {}))
 

@@ -1,0 +1,155 @@
+"""The embedded default's background services: Prefect's server and the MLflow UI.
+
+Each runs as its own process that outlives the command that started it, so the URLs that
+`longmix run` prints keep working after it returns; `<home>/services/<name>.json` records its
+pid and URL, its log is beside it, and `longmix down` stops it. Where settings name a Prefect
+API (PREFECT_API_URL) or an MLflow server, those are used and nothing is started."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from infra.settings import Settings
+
+PREFERRED_PORTS = {"prefect": 4200, "mlflow": 5000}
+
+
+class ServiceError(RuntimeError):
+    """A service did not start; the message names it and its log."""
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    pid: int
+    url: str
+
+
+def _record(settings: Settings, name: str) -> Path:
+    return settings.home.resolve() / "services" / f"{name}.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def running(settings: Settings, name: str) -> Service | None:
+    path = _record(settings, name)
+    if not path.is_file():
+        return None
+    service = Service(**json.loads(path.read_text()))
+    return service if _alive(service.pid) else None
+
+
+def _port(preferred: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:  # taken: any free port
+            s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(settings: Settings, name: str, argv: list[str], health: str, env: dict[str, str],
+          timeout_s: float = 90.0) -> Service:
+    """Start `argv` (with {port} filled in) in its own session; wait until `health` answers."""
+    port = _port(PREFERRED_PORTS[name])
+    path = _record(settings, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = path.with_suffix(".log")
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([a.format(port=port) for a in argv], stdout=out,
+                                stderr=subprocess.STDOUT, env={**os.environ, **env},
+                                start_new_session=True)  # not stopped by the caller's Ctrl-C
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while not _healthy(url + health):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise ServiceError(f"{name} did not start on {url}; see {log}")
+        time.sleep(0.5)
+    service = Service(name, proc.pid, url)
+    path.write_text(json.dumps(asdict(service)))
+    return service
+
+
+def stop(settings: Settings, name: str) -> bool:
+    service = running(settings, name)
+    _record(settings, name).unlink(missing_ok=True)
+    if service is None:
+        return False
+    os.killpg(service.pid, signal.SIGTERM)  # the server and the workers it spawned
+    return True
+
+
+def _script(name: str) -> str:
+    """A console script of this environment (the venv's, not whatever is first on PATH)."""
+    return str(Path(sys.executable).with_name(name))
+
+
+def prefect_env(settings: Settings) -> dict[str, str]:
+    home = settings.home.resolve() / "prefect"
+    return {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOCAL_STORAGE_PATH": str(home / "results")}
+
+
+def ensure_prefect_server(settings: Settings) -> str:
+    """The Prefect API URL: PREFECT_API_URL when set, else our local server (started if needed)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    service = running(settings, "prefect") or start(
+        settings, "prefect", [_script("prefect"), "server", "start", "--host", "127.0.0.1",
+                              "--port", "{port}"],
+        "/api/health", prefect_env(settings))
+    return f"{service.url}/api"
+
+
+def ensure_mlflow_ui(settings: Settings) -> str:
+    """The MLflow UI's URL: the tracking server when one is configured, else a local UI over
+    the same SQLite store and artifact folder (started if needed)."""
+    if settings.tracking_uri.startswith("http"):
+        return settings.tracking_uri
+    service = running(settings, "mlflow") or start(
+        settings, "mlflow", [_script("mlflow"), "server", "--host", "127.0.0.1",
+                             "--port", "{port}", "--backend-store-uri", settings.tracking_uri,
+                             "--default-artifact-root", settings.artifact_root, "--workers", "1"],
+        "/health", {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    return service.url
+
+
+@contextmanager
+def prefect_settings(settings: Settings, api_url: str):
+    """Prefect reads its settings when imported: flows run inside this context use our server,
+    persist results under the home folder and send no analytics."""
+    from prefect.settings import (PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH,
+                                  PREFECT_RESULTS_PERSIST_BY_DEFAULT,
+                                  PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings)
+
+    env = prefect_env(settings)
+    with temporary_settings(updates={
+            PREFECT_API_URL: api_url, PREFECT_RESULTS_PERSIST_BY_DEFAULT: True,
+            PREFECT_LOCAL_STORAGE_PATH: env["PREFECT_LOCAL_STORAGE_PATH"],
+            PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+        yield

@@ -1,0 +1,221 @@
+"""The Prefect flows: build_data, train, evaluate, promote, and train_eval_deploy composing them.
+
+Each task calls one step of pipelines/steps.py (plain functions). Results are persisted as JSON
+under cache keys made from the digests of the inputs, so a flow killed mid-way and run again
+resumes: finished steps are read back, not repeated. Transient failures (storage, the tracking
+store, Ray start-up) are retried with backoff; anything else stops the flow, and the failed step
+and its reason are recorded in the Prefect UI and on the flow's MLflow run.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from prefect import flow, task
+from prefect.runtime import flow_run as current_flow_run
+
+from infra.settings import get_settings
+from pipelines.params import (DataParams, EvalParams, PipelineParams, PromoteParams, StageParams,
+                              TrainParams)
+from pipelines.steps import (DatasetRef, EvalRef, StageResult, approval_step, build_data_step,
+                             deploy_step, digest_of, evaluate_step, gate_step, model_card_step,
+                             stage_key, train_stage_step)
+
+FLOW_RUN_TAG = "longmix.prefect_flow_run"
+
+
+# --- what a failure is, and where it is recorded -------------------------------------------
+
+def transient(error: BaseException) -> bool:
+    """Worth a retry: storage and network errors, a locked SQLite store, Ray not (yet) up."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, (OSError, TimeoutError, sqlite3.OperationalError)):
+        return True  # includes StorageError, ConnectionError and httpx's transport errors
+    if isinstance(error, MlflowException):
+        return error.error_code in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR",
+                                    "REQUEST_LIMIT_EXCEEDED") or "database is locked" in str(error)
+    return "Failed to connect to GCS" in str(error)
+
+
+def retry_if_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except Exception as error:  # noqa: BLE001 - classified, not handled
+        return transient(error)
+    return False
+
+
+def _flow_mlflow_run(root_id: str):
+    import mlflow
+
+    from infra.tracking import configure_mlflow
+
+    configure_mlflow(get_settings())
+    runs = mlflow.search_runs(filter_string=f"tags.`{FLOW_RUN_TAG}` = '{root_id}'",
+                              max_results=1, output_format="list")
+    return runs[0] if runs else None
+
+
+def open_flow_run(flow, flow_run, state) -> None:
+    """A top-level flow gets an MLflow run: its parameters, and later its outcome."""
+    if flow_run.parent_task_run_id is not None:
+        return  # a subflow: recorded on its root's run
+    from mlflow import MlflowClient
+
+    from infra.tracking import configure_mlflow
+
+    experiment = configure_mlflow(get_settings())
+    run = MlflowClient().create_run(experiment, run_name=f"flow {flow.name} ({flow_run.name})",
+                                    tags={FLOW_RUN_TAG: str(flow_run.id), "longmix.flow": flow.name})
+    MlflowClient().log_text(run.info.run_id, json_params(flow_run.parameters), "flow/parameters.json")
+
+
+def json_params(parameters: dict) -> str:
+    import json
+
+    return json.dumps(parameters, indent=2, sort_keys=True, default=str)
+
+
+def close_flow_run(flow, flow_run, state) -> None:
+    if flow_run.parent_task_run_id is not None:
+        return
+    from mlflow import MlflowClient
+
+    run = _flow_mlflow_run(str(flow_run.id))
+    if run is not None:
+        client = MlflowClient()
+        client.set_tag(run.info.run_id, "longmix.flow_state", state.name)
+        client.set_terminated(run.info.run_id, "FINISHED" if state.is_completed() else "FAILED")
+
+
+def record_failed_step(task, task_run, state) -> None:
+    """The step that stopped the flow, and why, on the flow's MLflow run."""
+    from mlflow import MlflowClient
+
+    run = _flow_mlflow_run(str(current_flow_run.root_flow_run_id))
+    if run is not None:
+        client = MlflowClient()
+        client.set_tag(run.info.run_id, "longmix.failed_step", task_run.name)
+        client.set_tag(run.info.run_id, "longmix.failure", (state.message or "")[:4000])
+
+
+def step(name: str, cache_key_fn=None, retries: int = 2):
+    """A pipeline task: persisted JSON results under `cache_key_fn`'s key, retried with backoff
+    when the failure is transient, recorded on the flow's MLflow run when it is not."""
+    return task(name=name, cache_key_fn=cache_key_fn, persist_result=cache_key_fn is not None,
+                result_serializer="json", retries=retries, retry_delay_seconds=[5, 30, 120],
+                retry_condition_fn=retry_if_transient, on_failure=[record_failed_step])
+
+
+# --- tasks: one per step ---------------------------------------------------------------------
+
+def _data_key(context, p) -> str:
+    from workers.data.spec import load_spec
+
+    return "data-" + digest_of(load_spec(p["params"].spec).model_dump_json(), p["params"].out)
+
+
+def _stage_key(context, p) -> str:
+    return "train-" + stage_key(p["dataset"], p["stage"], p["train"], p["previous"]) + \
+        ("-registered" if p["register"] else "")
+
+
+def _eval_key(context, p) -> str:
+    from workers.evals.suite import default_champion
+    from workers.train.mlflow_model import DIGEST_TAG, registered_version
+
+    champion = default_champion(p["model"].model_uri)
+    champion_digest = registered_version(champion).tags.get(DIGEST_TAG) if champion else None
+    return "eval-" + digest_of(p["model"].digest, p["params"].suite_config().model_dump_json(),
+                               p["dataset"].digest, champion_digest)
+
+
+@step("build dataset", cache_key_fn=_data_key)
+def build_dataset(params: DataParams) -> DatasetRef:
+    return build_data_step(params, get_settings())
+
+
+@step("train stage", cache_key_fn=_stage_key)
+def train_stage(dataset: DatasetRef, stage: StageParams, train: TrainParams,
+                previous: StageResult | None, register: bool) -> StageResult:
+    return train_stage_step(dataset, stage, train, previous, register, get_settings())
+
+
+@step("evaluate", cache_key_fn=_eval_key)
+def run_evals(model: StageResult, dataset: DatasetRef, params: EvalParams) -> EvalRef:
+    return evaluate_step(model, dataset, params, get_settings())
+
+
+@step("gate", retries=1)
+def gate(model: StageResult, evaluation: EvalRef, policy: str) -> dict:
+    return gate_step(model, evaluation, policy, get_settings())
+
+
+@step("model card")
+def model_card(model: StageResult, dataset: DatasetRef, evaluation: EvalRef, train_runs: list[str]) -> str:
+    return model_card_step(model, dataset, evaluation, train_runs, get_settings())
+
+
+@step("approval", retries=0)
+def approval(model: StageResult, params: PromoteParams, triggered_by: str) -> dict:
+    return approval_step(model, params, triggered_by, get_settings())
+
+
+@step("deploy", retries=0)
+def deploy(model: StageResult, params: PromoteParams, actor: str) -> dict:
+    return deploy_step(model, params, actor, get_settings())
+
+
+# --- flows: the runbook ----------------------------------------------------------------------
+
+HOOKS = {"on_running": [open_flow_run], "on_completion": [close_flow_run],
+         "on_failure": [close_flow_run], "on_crashed": [close_flow_run]}
+
+
+@flow(name="build_data", **HOOKS)
+def build_data(params: DataParams = DataParams()) -> DatasetRef:
+    """Preprocess the corpus with Ray Data into packed shards and a manifest."""
+    return build_dataset(params)
+
+
+@flow(name="train", **HOOKS)
+def train(dataset: DatasetRef, params: TrainParams) -> list[StageResult]:
+    """Train the stages in order, each from the previous one's weights; register the last."""
+    results: list[StageResult] = []
+    for i, stage in enumerate(params.stages):
+        results.append(train_stage.with_options(name=f"train {stage.stage}")(
+            dataset, stage, params, results[-1] if results else None,
+            register=i == len(params.stages) - 1))
+    return results
+
+
+@flow(name="evaluate", **HOOKS)
+def evaluate(model: StageResult, dataset: DatasetRef, params: EvalParams = EvalParams()) -> EvalRef:
+    """Long-context and safety evals of the registered version, against the champion."""
+    return run_evals(model, dataset, params)
+
+
+@flow(name="promote", **HOOKS)
+def promote(model: StageResult, dataset: DatasetRef, evaluation: EvalRef, params: PromoteParams,
+            triggered_by: str, train_runs: list[str], deploy_model: bool = True) -> dict:
+    """Gate → model card → a reviewer's approval → blue/green deploy."""
+    decision = gate(model, evaluation, params.policy)
+    card = model_card(model, dataset, evaluation, train_runs)
+    receipt = approval(model, params, triggered_by)
+    deployment = deploy(model, params, triggered_by) if deploy_model else None
+    return {"gate": decision, "model_card": card, "approval": receipt, "deployment": deployment}
+
+
+@flow(name="train_eval_deploy", **HOOKS)
+def train_eval_deploy(params: PipelineParams) -> dict:
+    """The whole pipeline: data → train → eval → gate → approval → deploy."""
+    triggered_by = params.triggered_by or get_settings().username
+    dataset = build_data(params.data)
+    stages = train(dataset, params.train)
+    model = stages[-1]
+    evaluation = evaluate(model, dataset, params.eval)
+    promotion = promote(model, dataset, evaluation, params.promote, triggered_by,
+                        [s.run_id for s in stages], deploy_model=params.deploy == "yes")
+    return {"dataset": dataset.model_dump(), "model": model.model_dump(),
+            "evaluation": evaluation.model_dump(), **promotion}

@@ -1,0 +1,130 @@
+"""The flows' parameters, typed and validated before any work starts, and the named profiles:
+`demo` (the quickstart, `make run`) and `tiny` (the tests' end-to-end run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pipelines.gate.policy import PolicyError, load_policy
+from workers.evals.config import SUITES, get_suite
+from workers.train.config import Stage
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(Params):
+    spec: str = "demo"  # a built-in corpus spec's name, or a YAML file
+    out: str | None = None  # the dataset's folder or s3:// prefix; None: <home>/datasets/<name>
+
+
+class StageParams(Params):
+    stage: Stage
+    steps: int = Field(ge=1)
+    batch_size: int = Field(2, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    seq_len: int | None = Field(None, ge=16)
+    checkpoint_every: int = Field(50, ge=1)
+    eval_every: int = Field(50, ge=1)
+
+
+class TrainParams(Params):
+    stages: tuple[StageParams, ...] = Field(min_length=1)
+    preset: str | None = None  # None: the dataset's preset
+    workers: int = Field(2, ge=1)
+    registered_model: str = Field("longmix", pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_order(cls, stages: tuple[StageParams, ...]) -> tuple[StageParams, ...]:
+        if stages[0].stage != "pretrain":
+            raise ValueError("the first stage must be pretrain: later stages start from its weights")
+        return stages
+
+
+class EvalParams(Params):
+    suite: str = "demo"
+    evals: tuple[str, ...] | None = None  # a subset of the suite's evals; None: all of them
+    safety_data: Path | None = None  # public safety sets laid out as ../shared/data/safety
+
+    @model_validator(mode="after")
+    def _known_suite(self) -> "EvalParams":
+        if self.suite not in SUITES:
+            raise ValueError(f"unknown eval suite {self.suite!r}; choose from {', '.join(SUITES)}")
+        self.suite_config()  # refuses unknown evals here, not after training
+        return self
+
+    def suite_config(self):
+        overrides = {"evals": self.evals} if self.evals else {}
+        if self.safety_data:
+            overrides["safety_data"] = self.safety_data
+        return get_suite(self.suite, **overrides)
+
+
+class SmokeParams(Params):
+    completions: int = Field(3, ge=1)
+    require_niah_found: bool = False  # the untrained demo model cannot find needles yet
+
+
+class PromoteParams(Params):
+    policy: str = "demo"  # a built-in gate policy, or a YAML file
+    reviewer: str | None = None  # the unattended quickstart's named demo reviewer; None: wait
+    approval_timeout_s: float | None = Field(None, gt=0)  # None: the settings' timeout
+    smoke: SmokeParams = SmokeParams()
+
+    @field_validator("policy")
+    @classmethod
+    def _valid_policy(cls, policy: str) -> str:
+        try:
+            load_policy(policy)
+        except PolicyError as e:
+            raise ValueError(str(e)) from None
+        return policy
+
+
+class PipelineParams(Params):
+    """Everything `train_eval_deploy` needs; `triggered_by` is checked against the approver."""
+
+    profile: str
+    data: DataParams
+    train: TrainParams
+    eval: EvalParams
+    promote: PromoteParams
+    triggered_by: str | None = None  # None: the settings' user (LONGMIX_USER or the OS user)
+    deploy: Literal["yes", "no"] = "yes"
+
+
+PROFILES: dict[str, PipelineParams] = {
+    # about 10 minutes on 2 CPUs: a 60-step pretrain of the `small` preset and the demo suite's
+    # text evals; the approval comes from a second, named demo reviewer
+    "demo": PipelineParams(
+        profile="demo",
+        data=DataParams(spec="demo"),
+        train=TrainParams(stages=(StageParams(stage="pretrain", steps=60, batch_size=2,
+                                              checkpoint_every=30, eval_every=20),)),
+        eval=EvalParams(suite="demo", evals=("perplexity", "niah_text", "toxicity", "pii")),
+        promote=PromoteParams(policy="demo", reviewer="demo-reviewer")),
+    # the tests' whole pipeline in about a minute of compute
+    "tiny": PipelineParams(
+        profile="tiny",
+        data=DataParams(spec="tiny"),
+        train=TrainParams(stages=(StageParams(stage="pretrain", steps=4, batch_size=2,
+                                              checkpoint_every=4, eval_every=4),)),
+        eval=EvalParams(suite="tiny", evals=("perplexity", "niah_text", "toxicity", "pii")),
+        promote=PromoteParams(policy="demo", reviewer="demo-reviewer")),
+}
+
+
+def get_profile(name: str, **overrides) -> PipelineParams:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
+    return PipelineParams.model_validate({**PROFILES[name].model_dump(), **overrides})
+
+
+def dataset_out(params: DataParams, spec_name: str, home: Path) -> str:
+    return params.out or str((home / "datasets" / spec_name).resolve())
