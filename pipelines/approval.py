@@ -35,7 +35,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from infra.settings import Settings
 from model.checkpoint import CheckpointError
@@ -251,10 +251,12 @@ def record_approval(client, name: str, version: str, found: Review, digest: str,
 
 
 def verify_artifact(name: str, version: str | int, digest: str, settings: Settings) -> None:
-    """Re-download the version's checkpoint and hash every file against `digest`."""
+    """Re-download the version's checkpoint and hash every file against `digest`, from the
+    registry at settings.tracking_uri (made the process's tracking URI, as fetch_checkpoint does:
+    download_checkpoint reads the registry through it)."""
     import mlflow
 
-    mlflow.set_tracking_uri(settings.tracking_uri)  # download_checkpoint reads the registry
+    mlflow.set_tracking_uri(settings.tracking_uri)
     scratch = settings.home / "approval"
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
@@ -303,4 +305,7 @@ def audited_receipt(name: str, version: str, receipt_hash: str,
         raise ApprovalError(f"{RECEIPT_TAG} names audit record seq {record.seq}, a "
                             f"{record.event!r} of {record.model}, not an approval of "
                             f"{model_ref(name, version)}")
-    return ApprovalReceipt(**record.details, audit_hash=record.hash)
+    try:
+        return ApprovalReceipt(**record.details, audit_hash=record.hash)
+    except ValidationError as e:
+        raise ApprovalError(f"audit record seq {record.seq} is not an approval receipt: {e}") from e
