@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipelines import cli_pipeline, cli_review
+
 app = typer.Typer(help="longmix: train, evaluate and deploy sparse-MoE multimodal long-context models.",
                   no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Build and check datasets (Ray Data).", no_args_is_help=True)
@@ -434,6 +436,16 @@ def verify(checkpoint: Path = typer.Argument(..., help="checkpoint folder")) -> 
         raise typer.Exit(1) from e
     console.print_json(json.dumps({"checkpoint": str(checkpoint), "verified": files}))
 
+
+# the pipeline (cli_pipeline) and the reviewer's and operator's commands (cli_review)
+app.command("run")(cli_pipeline.run)
+app.add_typer(cli_pipeline.flows_app, name="flows")
+app.command()(cli_pipeline.ui)
+app.command()(cli_pipeline.down)
+for command in (cli_review.status, cli_review.approve, cli_review.reject, cli_review.deploy,
+                cli_review.rollback):
+    app.command()(command)
+app.add_typer(cli_review.audit_app, name="audit")
 
 if __name__ == "__main__":
     app()

@@ -15,6 +15,7 @@ from prefect import flow, task
 from prefect.runtime import flow_run as current_flow_run
 
 from infra.settings import get_settings
+from pipelines import progress
 from pipelines.params import (DataParams, EvalParams, PipelineParams, PromoteParams, StageParams,
                               TrainParams)
 from pipelines.steps import (DatasetRef, EvalRef, StageResult, approval_step, build_data_step,
@@ -105,7 +106,9 @@ def step(name: str, cache_key_fn=None, retries: int = 2):
     when the failure is transient, recorded on the flow's MLflow run when it is not."""
     return task(name=name, cache_key_fn=cache_key_fn, persist_result=cache_key_fn is not None,
                 result_serializer="json", retries=retries, retry_delay_seconds=[5, 30, 120],
-                retry_condition_fn=retry_if_transient, on_failure=[record_failed_step])
+                retry_condition_fn=retry_if_transient, on_running=[progress.on_running],
+                on_completion=[progress.on_completion],
+                on_failure=[record_failed_step, progress.on_failure])
 
 
 # --- tasks: one per step ---------------------------------------------------------------------

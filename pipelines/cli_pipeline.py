@@ -1,0 +1,224 @@
+"""`longmix run` (the whole pipeline with a progress display per step and a summary), `flows
+serve` (Prefect deployments), `ui` and `down` (the embedded default's background services)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+console = Console()
+flows_app = typer.Typer(help="Prefect deployments of the flows", no_args_is_help=True)
+
+STEPS = ("build dataset", "train", "evaluate", "gate", "model card", "approval", "deploy")
+STYLE = {"waiting": "dim", "running": "yellow", "completed": "green", "cached": "cyan",
+         "failed": "red"}
+
+
+class StepBoard:
+    """Each step's state and time, drawn as a table while the flow runs."""
+
+    def __init__(self):
+        self.state = {s: "waiting" for s in STEPS}
+        self.started: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
+
+    def on_event(self, name: str, event: str) -> None:
+        step = "train" if name.startswith("train") else name
+        if event == "running":
+            self.started.setdefault(step, time.monotonic())
+        elif step in self.started:
+            self.seconds[step] = time.monotonic() - self.started[step]
+        self.state[step] = event
+
+    def table(self) -> Table:
+        table = Table(title="longmix run", show_header=False)
+        for step in STEPS:
+            state = self.state[step]
+            elapsed = self.seconds.get(step) or (time.monotonic() - self.started[step]
+                                                 if step in self.started else None)
+            table.add_row(step, f"[{STYLE[state]}]{state}[/]",
+                          "" if elapsed is None else f"{elapsed:5.0f} s")
+        return table
+
+
+def start_services(settings) -> tuple[str, str]:
+    from infra.services import ensure_mlflow_ui, ensure_prefect_server
+
+    with console.status("starting Prefect's server and the MLflow UI"):
+        return ensure_prefect_server(settings), ensure_mlflow_ui(settings)
+
+
+def quiet_consoles() -> None:
+    """Prefect's and MLflow's own console lines would tear the progress table; Prefect's still
+    reach its UI. Read when Prefect is first imported, which `run` does after this."""
+    import os
+
+    for handler in ("CONSOLE", "CONSOLE_FLOW_RUNS", "CONSOLE_TASK_RUNS"):
+        os.environ.setdefault(f"PREFECT_LOGGING_HANDLERS_{handler}_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def run_pipeline(params, settings, api_url: str, board: StepBoard):
+    """Run train_eval_deploy in a thread (the display owns the main one); its final state."""
+    from infra.services import prefect_settings
+    from pipelines import progress
+    from pipelines.flows import train_eval_deploy
+
+    outcome: dict = {}
+
+    def target():
+        with prefect_settings(settings, api_url):  # a context variable: set in this thread
+            outcome["state"] = train_eval_deploy(params, return_state=True)
+
+    remove = progress.listen(board.on_event)
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    with Live(board.table(), console=console, refresh_per_second=2) as live:
+        while thread.is_alive():
+            thread.join(timeout=0.5)
+            live.update(board.table())
+    remove()
+    return outcome["state"]
+
+
+def print_summary(result: dict, settings, api_url: str, mlflow_url: str, flow_run_id: str,
+                  seconds: float) -> None:
+    model = result["model"]
+    name, version = model["registered"].rsplit("/", 1)
+    table = Table(title=f"longmix run: done in {seconds / 60:.1f} min", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    rows = [("model version", f"{name} version {version} (digest {model['digest'][:12]}…)"),
+            ("MLflow", f"{mlflow_url}/#/models/{name}/versions/{version}"),
+            ("Prefect", f"{api_url.removesuffix('/api')}/runs/flow-run/{flow_run_id}")]
+    rows += [(f"eval {k}", f"{v:.4g}") for k, v in result["evaluation"]["headline"].items()]
+    gate = result["gate"]
+    rows.append(("gate", f"{gate['status']} ({gate['policy']} policy, "
+                         f"{sum(gate['checks'].values())}/{len(gate['checks'])} checks)"))
+    approval = result["approval"]
+    rows.append(("approval", f"approved by {approval['reviewer']} (the quickstart's named demo "
+                             "reviewer)" if approval["reviewer"] == "demo-reviewer"
+                 else f"approved by {approval['reviewer']}"))
+    deployment = result.get("deployment")
+    if deployment:
+        rows.append(("endpoint", f"{deployment['endpoint']}/v1 (serving version "
+                                 f"{deployment['version']})"))
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+    if deployment:
+        key = settings.serve_api_key_file or settings.home.resolve() / "serve" / "api_key"
+        console.print("try it:", style="bold")
+        console.print(f"curl -s {deployment['endpoint']}/v1/completions -H \"Authorization: Bearer "
+                      f"$(cat {key})\" -H 'Content-Type: application/json' -d '{{\"model\": "
+                      f"\"{name}\", \"prompt\": \"def fibonacci(n):\", \"max_tokens\": 32}}'",
+                      highlight=False, soft_wrap=True, markup=False)
+
+
+def run(
+    profile: str = typer.Option("demo", help="demo (the quickstart) or tiny (seconds, for tests)"),
+    reviewer: str | None = typer.Option(None, help="who approves (default: the profile's named "
+                                        "demo reviewer); with --wait, nobody: wait for a review"),
+    wait: bool = typer.Option(False, help="wait for a reviewer instead of the demo reviewer"),
+    deploy: bool = typer.Option(True, help="deploy the approved version"),
+    policy: str | None = typer.Option(None, help="gate policy (default: the profile's)"),
+    train_steps: int | None = typer.Option(None, min=1, help="steps of every training stage "
+                                           "(default: the profile's)"),
+) -> None:
+    """The whole pipeline — data → train → eval → gate → approval → deploy — on the embedded
+    defaults, with a progress display per step and a summary at the end."""
+    from pydantic import ValidationError
+
+    from infra.settings import get_settings
+    from pipelines.params import get_profile
+
+    try:
+        base = get_profile(profile)
+        promote = base.promote.model_dump()
+        promote["reviewer"] = None if wait else (reviewer or promote["reviewer"])
+        if policy:
+            promote["policy"] = policy
+        train = base.train.model_dump()
+        if train_steps:
+            train["stages"] = [{**stage, "steps": train_steps} for stage in train["stages"]]
+        params = get_profile(profile, promote=promote, train=train, deploy="yes" if deploy else "no")
+    except (ValueError, ValidationError) as e:
+        console.print(f"[red]refused:[/] {e}", highlight=False)
+        raise typer.Exit(2) from e
+    quiet_consoles()
+    settings = get_settings()
+    api_url, mlflow_url = start_services(settings)
+    console.print(f"Prefect {api_url.removesuffix('/api')}   MLflow {mlflow_url}   "
+                  f"state under {settings.home.resolve()}", highlight=False)
+    started = time.monotonic()
+    state = run_pipeline(params, settings, api_url, board := StepBoard())
+    flow_run_id = str(state.state_details.flow_run_id)
+    if not state.is_completed():
+        failed = [s for s, v in board.state.items() if v == "failed"]
+        console.print(f"[red]stopped at {', '.join(failed) or 'a step'}:[/] {state.message}",
+                      highlight=False, soft_wrap=True)
+        console.print(f"Prefect: {api_url.removesuffix('/api')}/runs/flow-run/{flow_run_id}")
+        raise typer.Exit(1)
+    print_summary(state.result(), settings, api_url, mlflow_url, flow_run_id,
+                  time.monotonic() - started)
+
+
+@flows_app.command("serve")
+def flows_serve(
+    cron: str | None = typer.Option(None, help="also run train_eval_deploy on this schedule"),
+    profile: str = typer.Option("demo", help="the profile whose parameters the deployments default to"),
+) -> None:
+    """Serve the flows as Prefect deployments: trigger them from the Prefect UI or with
+    `prefect deployment run 'train_eval_deploy/longmix'`. Runs until Ctrl-C."""
+    import os
+
+    from infra.services import prefect_env
+    from infra.settings import get_settings
+    from pipelines.params import get_profile
+
+    settings = get_settings()
+    api_url, _ = start_services(settings)
+    # flow runs start in child processes, which read Prefect's settings from the environment
+    os.environ.update({**prefect_env(settings), "PREFECT_API_URL": api_url,
+                       "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true"})
+    from infra.services import prefect_settings
+    from pipelines.flows import build_data, train_eval_deploy
+
+    params = get_profile(profile)
+    with prefect_settings(settings, api_url):
+        from prefect import serve
+
+        deployments = [
+            train_eval_deploy.to_deployment("longmix", cron=cron,
+                                            parameters={"params": params.model_dump(mode="json")}),
+            build_data.to_deployment("longmix", parameters={"params": params.data.model_dump(mode="json")}),
+        ]
+        console.print(f"serving deployments at {api_url.removesuffix('/api')}/deployments; "
+                      "trigger: prefect deployment run 'train_eval_deploy/longmix'")
+        serve(*deployments)
+
+
+def ui() -> None:
+    """Start (or find) the MLflow UI and Prefect's server, and print their URLs."""
+    from infra.settings import get_settings
+
+    api_url, mlflow_url = start_services(get_settings())
+    console.print(f"MLflow  {mlflow_url}\nPrefect {api_url.removesuffix('/api')}", highlight=False)
+
+
+def down() -> None:
+    """Stop what the embedded default left running: the serving host, Prefect, the MLflow UI."""
+    from infra import services
+    from infra.settings import get_settings
+    from workers.serve.host import stop_host
+
+    settings = get_settings()
+    stopped = [name for name in ("prefect", "mlflow") if services.stop(settings, name)]
+    if stop_host(settings):
+        stopped.append("serving host")
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")

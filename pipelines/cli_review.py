@@ -1,0 +1,181 @@
+"""The reviewer's and operator's commands: `status`, `approve`, `reject`, `deploy`, `rollback` and
+`audit verify`. Each is the same call the flows make, so the CLI and the flows share every rule."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+audit_app = typer.Typer(help="the hash-chained audit log", no_args_is_help=True)
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    from infra.tracking import configure_mlflow
+
+    configure_mlflow()
+    return MlflowClient()
+
+
+def _version(ref: str) -> tuple[str, str]:
+    name, _, version = ref.rpartition("/")
+    if not name or not version.isdigit():
+        console.print(f"[red]refused:[/] {ref!r}: expected NAME/VERSION, e.g. longmix/3")
+        raise typer.Exit(2)
+    return name, version
+
+
+def _refuse(error: Exception, code: int = 1):
+    console.print(f"[red]refused:[/] {error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from error
+
+
+def _reviewer(reviewer: str | None) -> str:
+    from infra.settings import get_settings
+
+    return reviewer or get_settings().username
+
+
+def approve(
+    version: str = typer.Argument(..., help="NAME/VERSION, e.g. longmix/3"),
+    reviewer: str | None = typer.Option(None, help="your name (default: LONGMIX_USER or the OS user)"),
+    reason: str | None = typer.Option(None, help="why (recorded in the receipt)"),
+    digest: str | None = typer.Option(None, help="the digest you reviewed (default: the version's "
+                                      "longmix.digest as it is now)"),
+) -> None:
+    """Approve a version that passed the gate: a waiting flow picks it up and deploys it."""
+    from pipelines.approval import ApprovalError, review
+
+    name, number = _version(version)
+    try:
+        value = review(_client(), name, number, "approve", _reviewer(reviewer), reason=reason,
+                       digest=digest)
+    except ApprovalError as e:
+        _refuse(e)
+    console.print(f"{name} version {number}: longmix.review = {value}", highlight=False)
+
+
+def reject(
+    version: str = typer.Argument(..., help="NAME/VERSION"),
+    reason: str = typer.Option(..., help="why it must not be deployed"),
+    reviewer: str | None = typer.Option(None, help="your name (default: LONGMIX_USER or the OS user)"),
+) -> None:
+    """Reject a version: the waiting flow stops with your reason; nothing is deployed."""
+    from pipelines.approval import ApprovalError, review
+
+    name, number = _version(version)
+    try:
+        value = review(_client(), name, number, "reject", _reviewer(reviewer), reason=reason)
+    except ApprovalError as e:
+        _refuse(e)
+    console.print(f"{name} version {number}: longmix.review = {value}", highlight=False)
+
+
+def deploy(version: str = typer.Argument(..., help="NAME/VERSION of an approved version")) -> None:
+    """Blue/green deploy of an approved version (the approval is checked again first)."""
+    from infra.settings import get_settings
+    from pipelines.approval import ApprovalError, check_approved
+    from pipelines.deploy import DeployError
+    from pipelines.deploy import deploy as blue_green
+
+    name, number = _version(version)
+    settings = get_settings()
+    client = _client()
+    try:
+        receipt = check_approved(client, name, number, settings)
+        with console.status(f"deploying {name} version {number}: candidate, smoke check, switch"):
+            record = blue_green(client, name, number, settings, approved_digest=receipt.digest,
+                                approval_hash=receipt.audit_hash, actor=settings.username)
+    except (ApprovalError, DeployError) as e:
+        _refuse(e)
+    console.print(f"{name} version {record.version} serves at {record.endpoint}/v1"
+                  + (f"; rollback target: version {record.rollback_target}"
+                     if record.rollback_target else ""), highlight=False)
+
+
+def rollback(model: str = typer.Option("longmix", help="registered model name")) -> None:
+    """Serve the previous version again (blue/green, smoke-checked), and move `champion` back."""
+    from infra.settings import get_settings
+    from pipelines.deploy import DeployError
+    from pipelines.deploy import rollback as roll_back
+
+    settings = get_settings()
+    try:
+        with console.status(f"rolling {model} back"):
+            record = roll_back(_client(), model, settings, actor=settings.username)
+    except DeployError as e:
+        _refuse(e)
+    console.print(f"{model} version {record.version} serves again at {record.endpoint}/v1",
+                  highlight=False)
+
+
+def status(model: str = typer.Option("longmix", help="registered model name")) -> None:
+    """The versions with their gate, approval and deploy state; what serves; the services."""
+    from mlflow.exceptions import MlflowException
+
+    from infra import services
+    from infra.settings import get_settings
+    from pipelines.deploy import current_deployment
+    from workers.serve.host import running_host
+
+    settings = get_settings()
+    client = _client()
+    table = Table(title=f"{model}: versions")
+    for col in ("version", "digest", "stage", "gate", "approval", "deploy", "aliases"):
+        table.add_column(col)
+    try:
+        versions = client.search_model_versions(f"name = '{model}'")
+    except MlflowException:
+        versions = []
+    for v in sorted(versions, key=lambda v: int(v.version)):
+        t = v.tags
+        table.add_row(v.version, t.get("longmix.digest", "")[:12], t.get("longmix.stage", ""),
+                      t.get("gate.status", ""), t.get("approval.status", "")
+                      + (f" by {t['approval.reviewer']}" if "approval.reviewer" in t else ""),
+                      t.get("deploy.status", ""), ", ".join(v.aliases))
+    console.print(table)
+    record = current_deployment(settings, model)
+    console.print(f"serving: version {record.version} at {record.endpoint}/v1 since {record.since}"
+                  + (f", rollback target version {record.rollback_target}" if record.rollback_target
+                     else "") if record else "serving: nothing deployed", highlight=False)
+    for name in ("prefect", "mlflow"):
+        found = services.running(settings, name)
+        console.print(f"{name}: {found.url if found else 'not running (longmix ui)'}", highlight=False)
+    host = running_host(settings)
+    console.print(f"serving host: {'running' if host else 'not running'}")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the audit log's hash chain, and that every record the registry names is in it."""
+    from infra.settings import get_settings
+    from pipelines.audit import AuditError, audit_log
+
+    settings = get_settings()
+    client = _client()
+    referenced = [v.tags["approval.receipt"] for v in client.search_model_versions()
+                  if "approval.receipt" in v.tags]
+    try:
+        records = audit_log(settings).verify(referenced)
+    except AuditError as e:
+        _refuse(e)
+    last = records[-1].hash[:12] if records else "none"
+    console.print(f"audit log {settings.audit_uri}: {len(records)} records, chain intact, "
+                  f"{len(referenced)} receipts found; head {last}", highlight=False)
+
+
+@audit_app.command("show")
+def audit_show(last: int = typer.Option(20, help="how many of the latest records")) -> None:
+    """The latest audit records: what happened, to which version, by whom."""
+    from infra.settings import get_settings
+    from pipelines.audit import audit_log
+
+    table = Table(title="audit log")
+    for col in ("seq", "at", "event", "actor", "model", "hash"):
+        table.add_column(col)
+    for r in audit_log(get_settings()).records()[-last:]:
+        table.add_row(str(r.seq), r.at, r.event, r.actor, r.model or "", r.hash[:12])
+    console.print(table)
