@@ -75,9 +75,9 @@ class DeployError(RuntimeError):
     """The application's replicas could not start (an unknown model, a damaged download, ...)."""
 
 
-def _replica_failure() -> str | None:
+def _replica_failure(app_name: str) -> str | None:
     """The last line of the failed deployment's traceback: the exception and its message."""
-    status = serve.status().applications.get(APP_NAME)
+    status = serve.status().applications.get(app_name)
     for deployment in (status.deployments.values() if status else []):
         lines = [line for line in deployment.message.splitlines() if line.strip()]
         if lines:
@@ -91,9 +91,11 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def start_server(source: str, settings: Settings) -> ServerInfo:
+def start_server(source: str, settings: Settings, *, app_name: str = APP_NAME,
+                 route_prefix: str = "/") -> ServerInfo:
     """Deploy the application on the configured Ray (started locally if none) and wait until its
-    replicas are warm. Without configured keys, a random one is made for this run."""
+    replicas are warm. Without configured keys, a random one is made for this run. Blue/green
+    deploys run each version as its own application (`app_name`) under its own `route_prefix`."""
     generated = None
     if not load_api_keys(settings.serve_api_keys, settings.serve_api_key_file):
         generated = secrets.token_urlsafe(24)
@@ -109,9 +111,10 @@ def start_server(source: str, settings: Settings) -> ServerInfo:
     serve.start(http_options={"host": settings.serve_host, "port": port})
     try:
         serve.run(LongmixServer.options(**deployment_options(settings)).bind(source, settings),
-                  name=APP_NAME, route_prefix="/")
+                  name=app_name, route_prefix=route_prefix)
     except RuntimeError as error:  # a replica failed to start: say why, leave nothing behind
-        reason = _replica_failure() or str(error)
-        serve.delete(APP_NAME)
+        reason = _replica_failure(app_name) or str(error)
+        serve.delete(app_name)
         raise DeployError(f"{source}: {reason}") from None
-    return ServerInfo(f"http://{settings.serve_host}:{port}", model_name(source, settings), generated)
+    return ServerInfo(f"http://{settings.serve_host}:{port}{route_prefix.rstrip('/')}",
+                      model_name(source, settings), generated)
