@@ -1,0 +1,191 @@
+"""Blue/green deployment of an approved model version (DESIGN.md "Promotion", contract 7).
+
+The candidate starts beside the version that serves now and takes no traffic; it must pass a
+smoke evaluation through its live OpenAI API (pipelines/smoke.py); only then does it take the
+traffic, the previous version stop, and the `champion` alias move. A failed smoke check stops
+the candidate, records a "rollback" in the audit log and raises: what served keeps serving.
+Each deployment is recorded (DeploymentRecord) in storage (`<deployments_uri>/<name>/`, with
+`current.json` the serving one) and as an artifact of the version's run.
+
+Where versions run is a ServingTarget: local Ray Serve (workers/serve/local_target.py) or a
+RayService on KubeRay (infra/k8s.py). The caller checks the approval before calling `deploy`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+from mlflow import MlflowClient
+from pydantic import BaseModel
+
+from infra.settings import Settings
+from infra.storage import exists, join, read_bytes, write_bytes
+from pipelines.audit import audit_log
+from pipelines.smoke import SmokeConfig, SmokeResult, smoke_check
+from workers.serve.host import api_key, stop_host, with_api_key
+from workers.serve.local_target import LocalServeTarget
+from workers.train.mlflow_model import DIGEST_TAG
+
+__all__ = ["ServingTarget", "LocalServeTarget", "DeploymentRecord", "DeployError", "SmokeConfig",
+           "SmokeResult", "deploy", "rollback", "current_deployment", "target_for", "stop_host"]
+
+CHAMPION = "champion"
+STATUS_TAG = "deploy.status"  # serving | retired, on the model versions
+MAX_RECORD_BYTES = 1024 ** 2
+
+
+class ServingTarget(Protocol):
+    kind: str  # "local" | "rayservice"
+
+    def start_candidate(self, model_uri: str, version: str) -> str:
+        """Start models:/NAME/VERSION beside what serves now, taking no traffic; return once it is
+        healthy, with the base URL where the smoke check reaches it (OpenAI API under /v1)."""
+
+    def switch_traffic(self, version: str) -> str:
+        """Send all traffic to the started candidate without failing a request; return the public
+        base URL."""
+
+    def stop(self, version: str) -> None:
+        """Stop a candidate or a retired version; nothing if it is not running."""
+
+    def serving_version(self) -> str | None:
+        """The version that takes the traffic now; None if none does."""
+
+
+class DeployError(RuntimeError):
+    """The deploy or rollback did not happen; what served before keeps serving."""
+
+
+class VersionRef(BaseModel):
+    version: str
+    digest: str  # its longmix.digest
+    approval: str  # the audit hash of the approval it was deployed on
+
+
+class DeploymentRecord(BaseModel):
+    kind: Literal["longmix.deployment"] = "longmix.deployment"
+    schema_version: int = 1
+    action: Literal["deploy", "rollback"]
+    model: str  # the registered model's name
+    version: str
+    digest: str  # longmix.digest of what serves
+    target: str  # the ServingTarget's kind
+    endpoint: str  # public base URL; the OpenAI API is under /v1
+    since: str  # UTC, ISO 8601
+    replaces: VersionRef | None  # what served before; None for a first deployment
+    rollback_target: VersionRef | None  # what `rollback` returns to: the previous version
+    smoke: SmokeResult
+    approval: str  # the approval receipt's audit hash
+    deployed_by: str
+
+
+def target_for(settings: Settings) -> ServingTarget:
+    if settings.deploy_target == "rayservice":
+        from infra.k8s import RayServiceTarget  # kubernetes client only where it is used
+
+        return RayServiceTarget(settings)
+    return LocalServeTarget(settings)
+
+
+def current_deployment(settings: Settings, name: str) -> DeploymentRecord | None:
+    uri = join(settings.deployments_uri, name, "current.json")
+    if not exists(uri):
+        return None
+    return DeploymentRecord.model_validate_json(read_bytes(uri, MAX_RECORD_BYTES))
+
+
+def deploy(client: MlflowClient, name: str, version: str | int, settings: Settings, *,
+           approved_digest: str, approval_hash: str, actor: str,
+           target: ServingTarget | None = None, smoke: SmokeConfig | None = None
+           ) -> DeploymentRecord:
+    """Blue/green: start the candidate, smoke-check it, then switch traffic to it."""
+    registered = client.get_model_version(name, str(version)).tags.get(DIGEST_TAG)
+    if registered != approved_digest:
+        raise DeployError(f"{name}/{version}: registered digest {str(registered)[:12]}… is not the "
+                          f"approved {approved_digest[:12]}…; the approval does not hold")
+    return _blue_green(client, name, VersionRef(version=str(version), digest=approved_digest,
+                                                approval=approval_hash),
+                       settings, actor, target, smoke, "deploy")
+
+
+def rollback(client: MlflowClient, name: str, settings: Settings, *, actor: str,
+             target: ServingTarget | None = None, smoke: SmokeConfig | None = None
+             ) -> DeploymentRecord:
+    """Return to the current deployment's rollback target, on the approval it was deployed on,
+    through the same blue/green path and smoke check."""
+    current = current_deployment(settings, name)
+    if current is None or current.rollback_target is None:
+        raise DeployError(f"{name}: no previous version to roll back to")
+    return _blue_green(client, name, current.rollback_target, settings, actor, target, smoke,
+                       "rollback")
+
+
+def _blue_green(client: MlflowClient, name: str, candidate: VersionRef, settings: Settings,
+                actor: str, target: ServingTarget | None, smoke: SmokeConfig | None,
+                action: Literal["deploy", "rollback"]) -> DeploymentRecord:
+    target = target or target_for(settings)
+    version, audit, model = candidate.version, audit_log(settings), f"{name}/{candidate.version}"
+    previous = current_deployment(settings, name)
+    serving = target.serving_version()
+    if serving == version:
+        raise DeployError(f"{model} already serves; nothing to switch to")
+    try:
+        url = target.start_candidate(f"models:/{name}/{version}", version)
+    except Exception as e:  # a replica that cannot start: nothing switched
+        target.stop(version)
+        _audit_failure(audit, actor, model, candidate, serving, [f"start: {e}"])
+        raise DeployError(f"{model} did not start: {e}; {_kept(serving)}") from e
+    result = smoke_check(url, api_key(with_api_key(settings)), candidate.digest, smoke)
+    if not result.passed:
+        target.stop(version)
+        failed = [f"{c.name}: {c.reason}" for c in result.failed]
+        _audit_failure(audit, actor, model, candidate, serving, failed)
+        raise DeployError(f"{model} failed its smoke check ({'; '.join(failed)}); "
+                          f"rolled back: {_kept(serving)}")
+
+    endpoint = target.switch_traffic(version)
+    if serving is not None:
+        target.stop(serving)  # after the switch: its requests in flight drain first
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, STATUS_TAG, "serving")
+    if serving is not None:
+        client.set_model_version_tag(name, serving, STATUS_TAG, "retired")
+    before = _ref(previous) if previous is not None and previous.version != version else None
+    record = DeploymentRecord(
+        action=action, model=name, version=version, digest=candidate.digest, target=target.kind,
+        endpoint=endpoint, since=datetime.now(UTC).isoformat(),
+        replaces=before if before is not None and before.version == serving else None,
+        rollback_target=before, smoke=result, approval=candidate.approval, deployed_by=actor)
+    _store(client, settings, record)
+    audit.append(action, actor, model=model, digest=candidate.digest, details={
+        "endpoint": endpoint, "target": target.kind, "replaces": serving,
+        "approval": candidate.approval, "smoke": "passed"})
+    return record
+
+
+def _ref(record: DeploymentRecord) -> VersionRef:
+    return VersionRef(version=record.version, digest=record.digest, approval=record.approval)
+
+
+def _kept(serving: str | None) -> str:
+    return f"version {serving} keeps serving" if serving else "no version was serving"
+
+
+def _audit_failure(audit, actor: str, model: str, candidate: VersionRef, serving: str | None,
+                   failed: list[str]) -> None:
+    audit.append("rollback", actor, model=model, digest=candidate.digest, details={
+        "reason": "candidate failed", "failed": failed, "serving": serving})
+
+
+def _store(client: MlflowClient, settings: Settings, record: DeploymentRecord) -> None:
+    """The record in storage (one file per deployment, and current.json) and on the run that
+    logged the version."""
+    data = record.model_dump_json(indent=2)
+    stamp = datetime.fromisoformat(record.since).strftime("%Y%m%dT%H%M%S%fZ")
+    folder = join(settings.deployments_uri, record.model)
+    write_bytes(join(folder, f"{stamp}-v{record.version}.json"), data.encode())
+    write_bytes(join(folder, "current.json"), data.encode())
+    run_id = client.get_model_version(record.model, record.version).run_id
+    if run_id:
+        client.log_text(run_id, data, f"deployments/{stamp}-v{record.version}.json")
