@@ -13,6 +13,7 @@ RayService on KubeRay (infra/k8s.py). The caller checks the approval before call
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
@@ -144,7 +145,9 @@ def _blue_green(client: MlflowClient, name: str, candidate: VersionRef, settings
         raise DeployError(f"{model} failed its smoke check ({'; '.join(failed)}); "
                           f"rolled back: {_kept(serving)}")
 
+    switch_start = time.monotonic()
     endpoint = target.switch_traffic(version)
+    switch_s = time.monotonic() - switch_start
     if serving is not None:
         target.stop(serving)  # after the switch: its requests in flight drain first
     client.set_registered_model_alias(name, CHAMPION, version)
@@ -160,7 +163,7 @@ def _blue_green(client: MlflowClient, name: str, candidate: VersionRef, settings
     _store(client, settings, record)
     audit.append(action, actor, model=model, digest=candidate.digest, details={
         "endpoint": endpoint, "target": target.kind, "replaces": serving,
-        "approval": candidate.approval, "smoke": "passed"})
+        "approval": candidate.approval, "smoke": "passed", "switch_s": round(switch_s, 3)})
     return record
 
 

@@ -168,8 +168,12 @@ def test_v2_takes_the_traffic_while_clients_keep_getting_answers(setup):
         record = setup.deploy("2")
         deployed = time.monotonic()
         time.sleep(1.0)
+    first_v2 = min(t for t, v in clients.answers if v == "2")
+    last_v1 = max(t for t, v in clients.answers if v == "1")
+    switch_s = audit_log(setup.settings).records()[-1].details["switch_s"]
     print(f"\nblue/green deploy of v2 {deployed - started:.1f} s (smoke {record.smoke.seconds:.1f}"
-          f" s); {len(clients.answers)} requests, {len(clients.failures)} failed")
+          f" s, switch {switch_s:.2f} s); {len(clients.answers)} requests, "
+          f"{len(clients.failures)} failed; v1 and v2 both answering for {last_v1 - first_v2:.2f} s")
     assert clients.failures == []
     versions = [v for _, v in clients.answers]
     assert versions[0] == "1" and versions[-1] == "2" and set(versions) == {"1", "2"}
