@@ -86,10 +86,11 @@ def candidate_rayservice(main: dict, model_uri: str, version: str) -> dict:
     """The candidate RayService: the main one's cluster, the new version's Serve config."""
     meta = main["metadata"]
     labels = {k: v for k, v in (meta.get("labels") or {}).items() if k in INHERITED_LABELS}
+    labels.update({VERSION_LABEL: version, "longmix.io/role": "candidate"})
     return {"apiVersion": f"{GROUP}/{API_VERSION}", "kind": "RayService",
             "metadata": {"name": candidate_name(meta["name"], version),
                          "namespace": meta["namespace"],
-                         "labels": {**labels, VERSION_LABEL: version, "longmix.io/role": "candidate"}},
+                         "labels": labels},
             "spec": spec_for_version(main["spec"], serve_config(model_uri), version)}
 
 
@@ -124,14 +125,16 @@ def _app(service_status: dict) -> dict:
     return (service_status.get("applicationStatuses") or {}).get(SERVE_APP) or {}
 
 
-def serve_state(obj: dict, not_cluster: str | None = None, watch_pending: bool = True) -> ServeState:
+def serve_state(obj: dict, not_cluster: str | None = None,
+                watch_pending: bool = True) -> ServeState:
     """Whether a RayService serves its current spec: the operator has seen this generation, the
     Ready condition holds, no upgrade is under way, and the active cluster's application runs
     (on a cluster other than `not_cluster`, the one that served before a switch). A failed
     application fails the wait at once; after a restore the pending cluster is on its way out,
     so its failure does not count (watch_pending=False)."""
     status = obj.get("status") or {}
-    active, pending = status.get("activeServiceStatus") or {}, status.get("pendingServiceStatus") or {}
+    active = status.get("activeServiceStatus") or {}
+    pending = status.get("pendingServiceStatus") or {}
     for where, service in (("pending", pending), ("active", active))[0 if watch_pending else 1:]:
         app = _app(service)
         if app.get("status") == "DEPLOY_FAILED":
@@ -188,8 +191,9 @@ class RayServiceTarget:
     def start_candidate(self, model_uri: str, version: str) -> str:
         main = self._get(self.name)
         if main is None:
-            raise RayServiceError(f"RayService {self.namespace}/{self.name} does not exist: install "
-                                  "the chart with serving.enabled and serving.modelUri first")
+            raise RayServiceError(f"RayService {self.namespace}/{self.name} does not exist: "
+                                  "install the chart with serving.enabled and serving.modelUri "
+                                  "first")
         candidate = candidate_rayservice(main, model_uri, version)
         name = candidate["metadata"]["name"]
         existing = self._get(name)
@@ -265,7 +269,8 @@ class RayServiceTarget:
         outcome = (f"rolled back: version {version} serves again on {active}"
                    if restored is None and active == cluster
                    else f"rollback to version {version} not confirmed: {restored or active}")
-        raise RayServiceError(f"switching {self.namespace}/{self.name} failed: {failure}; {outcome}")
+        raise RayServiceError(f"switching {self.namespace}/{self.name} failed: {failure}; "
+                              f"{outcome}")
 
     # -- the API calls (RBAC: get, create, patch, delete on rayservices) --------------------
 
@@ -276,12 +281,14 @@ class RayServiceTarget:
         except Exception as error:
             if _is_not_found(error):
                 return None
-            raise RayServiceError(f"cannot read RayService {self.namespace}/{name}: {error}") from error
+            raise RayServiceError(f"cannot read RayService {self.namespace}/{name}: "
+                                  f"{error}") from error
 
     def _create(self, obj: dict) -> dict:
-        return self._call("create", obj["metadata"]["name"], lambda: self.api.create_namespaced_custom_object(
-            GROUP, API_VERSION, self.namespace, PLURAL, obj, field_manager=FIELD_MANAGER,
-            field_validation="Strict"))
+        return self._call("create", obj["metadata"]["name"],
+                          lambda: self.api.create_namespaced_custom_object(
+                              GROUP, API_VERSION, self.namespace, PLURAL, obj,
+                              field_manager=FIELD_MANAGER, field_validation="Strict"))
 
     def _patch(self, name: str, patch: list[dict]) -> dict:
         return self._call("patch", name, lambda: self.api.patch_namespaced_custom_object(
@@ -290,7 +297,8 @@ class RayServiceTarget:
 
     def _delete(self, name: str) -> None:
         try:
-            self.api.delete_namespaced_custom_object(GROUP, API_VERSION, self.namespace, PLURAL, name)
+            self.api.delete_namespaced_custom_object(GROUP, API_VERSION, self.namespace, PLURAL,
+                                                     name)
         except Exception as error:
             if not _is_not_found(error):
                 raise RayServiceError(f"cannot delete RayService {self.namespace}/{name}: "

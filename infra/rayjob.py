@@ -86,7 +86,8 @@ def submit(job: dict, api: Any = None) -> None:
         api.create_namespaced_custom_object(GROUP, API_VERSION, meta["namespace"], PLURAL, job,
                                             field_validation="Strict")
     except Exception as error:
-        raise RayJobError(f"cannot create RayJob {meta['namespace']}/{meta['name']}: {error}") from error
+        raise RayJobError(f"cannot create RayJob {meta['namespace']}/{meta['name']}: "
+                          f"{error}") from error
 
 
 def wait(name: str, namespace: str, timeout_s: float, api: Any = None, poll_s: float = 10.0,

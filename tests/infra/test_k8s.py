@@ -59,6 +59,8 @@ def validate_object(obj: dict, validators: dict) -> None:
     """A rendered or sent object against its schema: ray.io kinds against the KubeRay CRDs
     (metadata as Kubernetes ObjectMeta), everything else with kubernetes-validate, strict."""
     if obj["apiVersion"] == "ray.io/v1":
+        if validators is None:
+            pytest.skip(f"KubeRay CRDs not found at {CRD_DIR} (../shared is not in a user's clone)")
         errors = sorted(validators[obj["kind"]].iter_errors(obj), key=lambda e: list(e.path))
         assert not errors, f"{obj['kind']} {obj['metadata']['name']}: " + "; ".join(
             f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:5])
@@ -68,7 +70,9 @@ def validate_object(obj: dict, validators: dict) -> None:
 
 @pytest.fixture(scope="module")
 def validators():
-    return kuberay_validators()
+    """The CRD validators, or None without ../shared: the deployer's logic is still tested, and
+    the tests that check objects against the CRDs skip."""
+    return kuberay_validators() if CRD_DIR.is_dir() else None
 
 
 def main_rayservice() -> dict:
@@ -102,7 +106,8 @@ class ReplayingCustomObjectsApi:
         return sequence[min(self.reads[name], len(sequence)) - 1]
 
     def _wrote(self, name, obj):
-        validate_object(obj, self.validators)
+        if self.validators is not None:
+            validate_object(obj, self.validators)
         obj["metadata"]["resourceVersion"] = str(next(self.resource_versions))
         self.store[name] = obj
         self.writes[name] = self.writes.get(name, 0) + 1
@@ -171,7 +176,7 @@ def test_recorded_objects_follow_the_crd(validators):
     main = main_rayservice()
     validate_object(main, validators)
     for path in sorted(DATA.glob("statuses_*.json")):
-        for name, writes in json.loads(path.read_text())["statuses"].items():
+        for writes in json.loads(path.read_text())["statuses"].values():
             for status in itertools.chain.from_iterable(writes):
                 validate_object({**main, "status": status}, validators)
 
