@@ -189,11 +189,7 @@ class RayServiceTarget:
     # -- the protocol -----------------------------------------------------------------------
 
     def start_candidate(self, model_uri: str, version: str) -> str:
-        main = self._get(self.name)
-        if main is None:
-            raise RayServiceError(f"RayService {self.namespace}/{self.name} does not exist: "
-                                  "install the chart with serving.enabled and serving.modelUri "
-                                  "first")
+        main = self._main()
         candidate = candidate_rayservice(main, model_uri, version)
         name = candidate["metadata"]["name"]
         existing = self._get(name)
@@ -216,9 +212,9 @@ class RayServiceTarget:
         if candidate is None:
             raise RayServiceError(f"no candidate RayService for version {version}: "
                                   "start_candidate first")
-        main = self._get(self.name)
+        main = self._main()
         previous_version = (main["metadata"].get("labels") or {}).get(VERSION_LABEL)
-        previous_cluster = (main.get("status") or {}).get("activeServiceStatus", {}).get(
+        previous_cluster = ((main.get("status") or {}).get("activeServiceStatus") or {}).get(
             "rayClusterName")
         spec = spec_for_version(main["spec"], candidate["spec"]["serveConfigV2"], version)
         switched = self._patch(self.name, replace_spec_patch(main, spec, version))
@@ -273,6 +269,14 @@ class RayServiceTarget:
                               f"{outcome}")
 
     # -- the API calls (RBAC: get, create, patch, delete on rayservices) --------------------
+
+    def _main(self) -> dict:
+        main = self._get(self.name)
+        if main is None:
+            raise RayServiceError(f"RayService {self.namespace}/{self.name} does not exist: "
+                                  "install the chart with serving.enabled and serving.modelUri "
+                                  "first")
+        return main
 
     def _get(self, name: str) -> dict | None:
         try:

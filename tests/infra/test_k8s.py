@@ -301,6 +301,9 @@ def test_stop_and_serving_version_when_nothing_runs(validators):
         deployer.start_candidate("models:/longmix/4", "4")
     with pytest.raises(k8s.RayServiceError, match="start_candidate first"):
         deployer.switch_traffic("4")
+    api.store["longmix-v4"] = k8s.candidate_rayservice(main_rayservice(), "models:/longmix/4", "4")
+    with pytest.raises(k8s.RayServiceError, match="install the chart"):
+        deployer.switch_traffic("4")
 
 
 def test_rayjobs_follow_the_crd(validators):
