@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test venv lock clean
+.PHONY: run down test venv lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -14,14 +14,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-# The most complete part of the pipeline that exists: build the demo dataset with Ray Data, then
-# pretrain the `small` preset on it with Ray Train (2 workers), logged and registered in MLflow.
-DATASET := .longmix/datasets/demo
-
+# The whole pipeline on the embedded defaults: data (Ray Data) -> train (Ray Train) -> eval ->
+# gate -> approval (a named demo reviewer) -> blue/green deploy on local Ray Serve, as Prefect
+# flows logged to MLflow; ends with a summary, the UIs' URLs and a curl for the endpoint.
 run: venv
-	test -f $(DATASET)/manifest.json || $(VENV)/bin/longmix data build --spec demo --out $(DATASET)
-	$(VENV)/bin/longmix train --dataset $(DATASET) --stage pretrain --steps 100 --batch-size 2 \
-	  --checkpoint-every 50 --eval-every 25
+	$(VENV)/bin/longmix run
+
+# Stop what `make run` left running (the endpoint, the Prefect server, the MLflow UI).
+down: venv
+	$(VENV)/bin/longmix down
 
 test: venv
 	$(VENV)/bin/python -m pytest

@@ -92,7 +92,7 @@ def deploy(version: str = typer.Argument(..., help="NAME/VERSION of an approved 
     except (ApprovalError, DeployError) as e:
         _refuse(e)
     console.print(f"{name} version {record.version} serves at {record.endpoint}/v1"
-                  + (f"; rollback target: version {record.rollback_target}"
+                  + (f"; rollback target: version {record.rollback_target.version}"
                      if record.rollback_target else ""), highlight=False)
 
 
@@ -132,14 +132,15 @@ def status(model: str = typer.Option("longmix", help="registered model name")) -
         versions = []
     for v in sorted(versions, key=lambda v: int(v.version)):
         t = v.tags
-        table.add_row(v.version, t.get("longmix.digest", "")[:12], t.get("longmix.stage", ""),
+        table.add_row(str(v.version), t.get("longmix.digest", "")[:12], t.get("longmix.stage", ""),
                       t.get("gate.status", ""), t.get("approval.status", "")
                       + (f" by {t['approval.reviewer']}" if "approval.reviewer" in t else ""),
                       t.get("deploy.status", ""), ", ".join(v.aliases))
     console.print(table)
     record = current_deployment(settings, model)
     console.print(f"serving: version {record.version} at {record.endpoint}/v1 since {record.since}"
-                  + (f", rollback target version {record.rollback_target}" if record.rollback_target
+                  + (f", rollback target version {record.rollback_target.version}"
+                     if record.rollback_target
                      else "") if record else "serving: nothing deployed", highlight=False)
     for name in ("prefect", "mlflow"):
         found = services.running(settings, name)

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.gate.policy import PolicyError, load_policy
+from pipelines.smoke import SmokeConfig
 from workers.evals.config import SUITES, get_suite
 from workers.train.config import Stage
 
@@ -66,16 +67,11 @@ class EvalParams(Params):
         return get_suite(self.suite, **overrides)
 
 
-class SmokeParams(Params):
-    completions: int = Field(3, ge=1)
-    require_niah_found: bool = False  # the untrained demo model cannot find needles yet
-
-
 class PromoteParams(Params):
     policy: str = "demo"  # a built-in gate policy, or a YAML file
     reviewer: str | None = None  # the unattended quickstart's named demo reviewer; None: wait
     approval_timeout_s: float | None = Field(None, gt=0)  # None: the settings' timeout
-    smoke: SmokeParams = SmokeParams()
+    smoke: SmokeConfig = SmokeConfig()  # checks through the live API before traffic moves
 
     @field_validator("policy")
     @classmethod

@@ -222,7 +222,7 @@ def deploy_step(model: StageResult, params: PromoteParams, actor: str, settings:
 
     from infra.tracking import configure_mlflow
     from pipelines.approval import check_approved
-    from pipelines.deploy import SmokeConfig, current_deployment, deploy
+    from pipelines.deploy import current_deployment, deploy
 
     configure_mlflow(settings)
     client = MlflowClient()
@@ -233,5 +233,5 @@ def deploy_step(model: StageResult, params: PromoteParams, actor: str, settings:
         return serving.model_dump(mode="json")  # a re-run after a kill: already deployed
     record = deploy(client, name, version, settings, approved_digest=receipt.digest,
                     approval_hash=receipt.audit_hash, actor=actor,
-                    smoke=SmokeConfig(**params.smoke.model_dump()))
+                    smoke=params.smoke)
     return record.model_dump(mode="json")
