@@ -37,6 +37,7 @@ VERSION_LABEL = "longmix.io/model-version"
 INHERITED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance",
                     "app.kubernetes.io/part-of", "app.kubernetes.io/component")
 FIELD_MANAGER = "longmix-deployer"
+MAX_NAME = 47  # KubeRay refuses longer RayService names (it suffixes them for its clusters)
 
 
 class RayServiceError(RuntimeError):
@@ -63,7 +64,11 @@ def serve_app(args: dict):
 
 
 def candidate_name(main: str, version: str) -> str:
-    return f"{main}-v{version}"
+    name = f"{main}-v{version}"
+    if len(name) > MAX_NAME:
+        raise RayServiceError(f"candidate RayService name {name!r} is longer than KubeRay's "
+                              f"{MAX_NAME} characters: shorten k8s_rayservice")
+    return name
 
 
 def service_url(name: str, namespace: str) -> str:

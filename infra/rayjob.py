@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 GROUP, API_VERSION, PLURAL = "ray.io", "v1", "rayjobs"
-NAME = re.compile(r"^[a-z]([-a-z0-9]{0,46}[a-z0-9])?$")  # a DNS label KubeRay can suffix
+NAME = re.compile(r"^[a-z]([-a-z0-9]{0,45}[a-z0-9])?$")  # KubeRay's limit: 47, a DNS-1035 label
 FINISHED = {"Complete", "Failed", "ValidationFailed"}  # jobDeploymentStatus values that end a job
 
 
@@ -31,7 +31,7 @@ def rayjob(name: str, cli_args: list[str], *, cluster: str, namespace: str,
     """A RayJob that runs `longmix <cli_args>` on the RayCluster named `cluster`."""
     if not NAME.match(name):
         raise RayJobError(f"RayJob name {name!r}: lowercase letters, digits and '-', "
-                          "starting with a letter, at most 48 characters")
+                          "starting with a letter, at most 47 characters")
     spec: dict[str, Any] = {
         "entrypoint": shlex.join(["longmix", *cli_args]),
         "clusterSelector": {"ray.io/cluster": cluster},

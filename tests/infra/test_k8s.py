@@ -218,6 +218,8 @@ def test_candidate_is_the_main_cluster_with_the_new_version(validators):
     expected = {k: v for k, v in main["spec"].items() if k != "serveConfigV2"}
     assert unchanged == expected
     assert main == main_rayservice()  # the main object itself is not modified
+    with pytest.raises(k8s.RayServiceError, match="longer than KubeRay's 47 characters"):
+        k8s.candidate_name("a" * 42, "1234")
 
 
 def test_promotion_creates_candidate_then_upgrades_main_and_removes_candidate(validators):
