@@ -101,10 +101,6 @@ def deploy(client: MlflowClient, name: str, version: str | int, settings: Settin
            target: ServingTarget | None = None, smoke: SmokeConfig | None = None
            ) -> DeploymentRecord:
     """Blue/green: start the candidate, smoke-check it, then switch traffic to it."""
-    registered = client.get_model_version(name, str(version)).tags.get(DIGEST_TAG)
-    if registered != approved_digest:
-        raise DeployError(f"{name}/{version}: registered digest {str(registered)[:12]}… is not the "
-                          f"approved {approved_digest[:12]}…; the approval does not hold")
     return _blue_green(client, name, VersionRef(version=str(version), digest=approved_digest,
                                                 approval=approval_hash),
                        settings, actor, target, smoke, "deploy")
@@ -127,6 +123,10 @@ def _blue_green(client: MlflowClient, name: str, candidate: VersionRef, settings
                 action: Literal["deploy", "rollback"]) -> DeploymentRecord:
     target = target or target_for(settings)
     version, audit, model = candidate.version, audit_log(settings), f"{name}/{candidate.version}"
+    registered = client.get_model_version(name, version).tags.get(DIGEST_TAG)
+    if registered != candidate.digest:  # a changed artifact voids the approval
+        raise DeployError(f"{model}: registered digest {str(registered)[:12]}… is not the "
+                          f"approved {candidate.digest[:12]}…; the approval does not hold")
     previous = current_deployment(settings, name)
     serving = target.serving_version()
     if serving == version:

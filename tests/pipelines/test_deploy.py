@@ -187,6 +187,13 @@ def test_v2_takes_the_traffic_while_clients_keep_getting_answers(setup):
     assert "longmix-v1" not in serve.status().applications  # stopped once v2 took the traffic
 
 
+def test_an_approval_of_other_weights_deploys_nothing(setup):
+    with pytest.raises(DeployError, match="is not the approved .*the approval does not hold"):
+        deploy(setup.client, NAME, "1", setup.settings, approved_digest=setup.digests["2"],
+               approval_hash=setup.approval("2"), actor="deployer", target=setup.target)
+    assert setup.target.serving_version() == "2" and champion(setup) == "2"
+
+
 def test_a_failed_smoke_check_rolls_back_and_v2_keeps_serving(setup):
     with Clients(setup.url, setup.key) as clients:
         with pytest.raises(DeployError, match=r"failed its smoke check \(niah: .*not found.*"
