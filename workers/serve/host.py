@@ -144,11 +144,13 @@ def with_api_key(settings: Settings) -> Settings:
     if load_api_keys(settings.serve_api_keys, settings.serve_api_key_file):
         return settings
     path = serve_dir(settings) / "api_key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # created only once, readable by its owner only; the key is never printed
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
+    except FileExistsError:
+        return settings.model_copy(update={"serve_api_key_file": path})
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
     return settings.model_copy(update={"serve_api_key_file": path})
 
 
