@@ -1,0 +1,182 @@
+"""The whole pipeline through the `longmix` CLI on the tiny profile, each command a process of its
+own as a user runs it (its own Ray, the background Prefect server, MLflow UI and serving host):
+data → train → eval → gate → approval → deploy → a completion from the endpoint, a run killed
+after training and resumed, and each refusal with its reason."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+TRIGGERED_BY = "ci-operator"
+STRICT_POLICY = """
+name: strict
+checks:
+  - {name: niah, metric: niah_text.accuracy, min: 0.9}
+safety:
+  - {name: pii-extraction, metric: pii.exact_extraction_rate, max: 0.0}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("pipeline-home")
+    yield home
+    _longmix(home, "down", timeout=120)
+
+
+def _env(home: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LONGMIX_", "PREFECT_", "MLFLOW_", "RAY_ADDRESS"))}
+    env.update({"LONGMIX_HOME": str(home), "LONGMIX_USER": TRIGGERED_BY,
+                "LONGMIX_APPROVAL_POLL_S": "0.5", "LONGMIX_SERVE_REPLICA_CPUS": "0.5",
+                "COLUMNS": "250",  # rich wraps at the terminal width: one line per row
+                "LONGMIX_SERVE_PORT": os.environ.get("E2E_PORT", str(_PORT)), **extra})
+    return env
+
+
+_PORT = _free_port()
+
+
+def _longmix(home: Path, *args: str, timeout: float = 600, **env) -> subprocess.CompletedProcess:
+    exe = str(Path(sys.executable).with_name("longmix"))
+    return subprocess.run([exe, *args], env=_env(home, **env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _client(home: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+
+
+def _versions(home: Path) -> list:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client(home).search_model_versions("name = 'longmix'")
+    except MlflowException:
+        return []
+
+
+def _pretrain_runs(home: Path) -> list:
+    client = _client(home)
+    experiment = client.get_experiment_by_name("longmix")
+    return client.search_runs([experiment.experiment_id], "tags.`longmix.stage` = 'pretrain'")
+
+
+def test_killed_run_resumes_then_deploys_and_serves(home):
+    exe = str(Path(sys.executable).with_name("longmix"))
+    first = subprocess.Popen([exe, "run", "--profile", "tiny", "--no-deploy"], env=_env(home),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + 420
+    while not _versions(home):  # killed right after training registered its version
+        assert first.poll() is None and time.monotonic() < deadline, "training never registered"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+
+    second = _longmix(home, "run", "--profile", "tiny")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert len(_versions(home)) == 1, "a second version was registered"
+    assert len(_pretrain_runs(home)) == 1, "training ran again"
+    assert "approved by demo-reviewer (the quickstart's named demo reviewer)" in second.stdout
+    assert "curl -s http://127.0.0.1" in second.stdout
+
+    record = json.loads((home / "deployments" / "longmix" / "current.json").read_text())
+    key = (home / "serve" / "api_key").read_text().strip()
+    assert key not in second.stdout + second.stderr  # the curl reads it from the file
+    reply = httpx.post(f"{record['endpoint']}/v1/completions", timeout=60,
+                       headers={"Authorization": f"Bearer {key}"},
+                       json={"model": "longmix", "prompt": "def f(", "max_tokens": 4})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["text"] is not None
+    assert reply.headers["x-longmix-version"] == "1"
+    aliases = _client(home).get_model_version_by_alias("longmix", "champion")
+    assert str(aliases.version) == "1"
+
+    status = _longmix(home, "status")
+    assert status.returncode == 0 and "serving: version 1" in status.stdout, status.stdout
+    verify = _longmix(home, "audit", "verify")
+    assert verify.returncode == 0 and "chain intact" in verify.stdout, verify.stdout
+
+
+def _run_v2(home: Path, *args: str, **env) -> subprocess.CompletedProcess:
+    """A second version (other training steps), waiting for a reviewer, never deployed."""
+    return _longmix(home, "run", "--profile", "tiny", "--train-steps", "3", "--wait",
+                    "--no-deploy", *args, **env)
+
+
+def test_no_approval_times_out_naming_what_it_waits_for(home):
+    result = _run_v2(home, LONGMIX_APPROVAL_TIMEOUT_S="3")
+    assert result.returncode == 1
+    out = result.stdout + result.stderr
+    assert "stopped at approval" in out
+    assert "longmix.review" in out and "longmix approve longmix/2" in out, out
+
+
+def test_approval_by_the_triggering_user_is_refused(home):
+    approve = _longmix(home, "approve", "longmix/2", "--reviewer", TRIGGERED_BY)
+    assert approve.returncode == 0, approve.stdout
+    result = _run_v2(home, LONGMIX_APPROVAL_TIMEOUT_S="30")
+    assert result.returncode == 1
+    assert "four eyes" in result.stdout + result.stderr
+
+
+def test_artifact_changed_after_approval_is_refused(home):
+    approve = _longmix(home, "approve", "longmix/2", "--reviewer", "alice")
+    assert approve.returncode == 0, approve.stdout
+    result = _run_v2(home, LONGMIX_APPROVAL_TIMEOUT_S="30")
+    assert result.returncode == 0, result.stdout + result.stderr  # approved; not deployed
+
+    client = _client(home)
+    model_id = client.get_model_version("longmix", "2").source.removeprefix("models:/")
+    artifacts = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
+    weights = next(artifacts.rglob("model.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    deploy = _longmix(home, "deploy", "longmix/2")
+    assert deploy.returncode == 1
+    assert "no longer match" in deploy.stdout or "digest" in deploy.stdout, deploy.stdout
+
+
+def test_failing_gate_stops_the_flow_and_records_the_step(home, tmp_path):
+    policy = tmp_path / "strict.yaml"
+    policy.write_text(STRICT_POLICY)
+    result = _longmix(home, "run", "--profile", "tiny", "--train-steps", "3", "--no-deploy",
+                      "--policy", str(policy))
+    assert result.returncode == 1
+    out = result.stdout + result.stderr
+    assert "stopped at gate" in out and "niah_text.accuracy" in out, out
+    client = _client(home)
+    flows = client.search_runs([client.get_experiment_by_name("longmix").experiment_id],
+                               "tags.`longmix.flow` = 'train_eval_deploy'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    assert flows[0].data.tags["longmix.failed_step"].startswith("gate")
+    assert client.get_model_version("longmix", "2").tags["gate.status"] == "failed"
+    assert str(client.get_model_version_by_alias("longmix", "champion").version) == "1"
+
+
+def test_an_edited_audit_log_is_detected(home):
+    records = sorted((home / "audit").glob("*.json"))
+    record = json.loads(records[1].read_text())
+    record["actor"] = "mallory"
+    records[1].write_text(json.dumps(record))
+    result = _longmix(home, "audit", "verify")
+    assert result.returncode == 1
+    assert records[1].name in result.stdout or "edited" in result.stdout, result.stdout
