@@ -30,7 +30,7 @@ from infra.settings import Settings
 
 GROUP, API_VERSION, PLURAL = "ray.io", "v1", "rayservices"
 SERVE_APP = "longmix"  # the Serve application's name in serveConfigV2 and in status
-SERVE_IMPORT_PATH = "infra.k8s:serve_app"
+SERVE_IMPORT_PATH = "workers.serve.app:build_app"
 SERVE_PORT = 8000  # KubeRay's `<rayservice>-serve-svc` port
 VERSION_LABEL = "longmix.io/model-version"
 # the labels a candidate inherits from the main RayService (not Helm's ownership labels)
@@ -50,17 +50,6 @@ def serve_config(model_uri: str) -> str:
     app = {"name": SERVE_APP, "route_prefix": "/", "import_path": SERVE_IMPORT_PATH,
            "args": {"model": model_uri}}
     return yaml.safe_dump({"applications": [app]}, sort_keys=False)
-
-
-def serve_app(args: dict):
-    """Ray Serve application builder named by serveConfigV2's import_path: the longmix server
-    for args["model"], with settings from the pod's LONGMIX_* environment."""
-    # imported here: infra must stay importable without workers (and torch) at import time
-    from infra.settings import get_settings
-    from workers.serve.app import LongmixServer, deployment_options
-
-    settings = get_settings()
-    return LongmixServer.options(**deployment_options(settings)).bind(args["model"], settings)
 
 
 def candidate_name(main: str, version: str) -> str:

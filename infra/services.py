@@ -40,11 +40,17 @@ def _record(settings: Settings, name: str) -> Path:
     return settings.home.resolve() / "services" / f"{name}.json"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is this process's child that has ended
+    except ChildProcessError:
+        pass  # not a child of this process
     try:
         os.kill(pid, 0)
-    except OSError:
+    except ProcessLookupError:
         return False
+    except PermissionError:
+        return True  # alive, another user's
     return True
 
 
@@ -60,7 +66,7 @@ def running(settings: Settings, name: str) -> Service | None:
     if not path.is_file():
         return None
     service = Service(**json.loads(path.read_text()))
-    return service if _alive(service.pid) else None
+    return service if process_alive(service.pid) else None
 
 
 def _port(preferred: int) -> int:

@@ -45,7 +45,7 @@ class ServingTarget(Protocol):
 
     def switch_traffic(self, version: str) -> str:
         """Send all traffic to the started candidate without failing a request; return the public
-        base URL."""
+        base URL. If it raises, the traffic stays on (or is back on) the version serving before."""
 
     def stop(self, version: str) -> None:
         """Stop a candidate or a retired version; nothing if it is not running."""
@@ -146,7 +146,12 @@ def _blue_green(client: MlflowClient, name: str, candidate: VersionRef, settings
                           f"rolled back: {_kept(serving)}")
 
     switch_start = time.monotonic()
-    endpoint = target.switch_traffic(version)
+    try:
+        endpoint = target.switch_traffic(version)
+    except Exception as e:  # traffic stayed on (or went back to) the serving version
+        target.stop(version)
+        _audit_failure(audit, actor, model, candidate, serving, [f"switch: {e}"])
+        raise DeployError(f"{model}: switching traffic failed: {e}; {_kept(serving)}") from e
     switch_s = time.monotonic() - switch_start
     if serving is not None:
         target.stop(serving)  # after the switch: its requests in flight drain first

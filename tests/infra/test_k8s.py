@@ -184,7 +184,7 @@ def test_recorded_objects_follow_the_crd(validators):
 def test_serve_config_names_the_builder_and_the_version():
     config = yaml.safe_load(k8s.serve_config("models:/longmix/4"))
     assert config == {"applications": [{
-        "name": "longmix", "route_prefix": "/", "import_path": "infra.k8s:serve_app",
+        "name": "longmix", "route_prefix": "/", "import_path": "workers.serve.app:build_app",
         "args": {"model": "models:/longmix/4"}}]}
 
 

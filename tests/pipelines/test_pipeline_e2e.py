@@ -106,6 +106,7 @@ def test_killed_run_resumes_then_deploys_and_serves(home):
     assert reply.status_code == 200, reply.text
     assert reply.json()["choices"][0]["text"] is not None
     assert reply.headers["x-longmix-version"] == "1"
+    assert httpx.get(f"{record['endpoint']}/readyz", timeout=30).status_code == 200  # open
     aliases = _client(home).get_model_version_by_alias("longmix", "champion")
     assert str(aliases.version) == "1"
 

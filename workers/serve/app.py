@@ -64,6 +64,20 @@ def deployment_options(settings: Settings) -> dict:
     return options
 
 
+def server_app(source: str, settings: Settings):
+    """The application: LongmixServer replicas serving `source`."""
+    return LongmixServer.options(**deployment_options(settings)).bind(source, settings)
+
+
+def build_app(args: dict):
+    """The application builder that a RayService's serveConfigV2 names (import_path
+    workers.serve.app:build_app, args {model: models:/NAME/VERSION}); settings come from the
+    pod's LONGMIX_* environment."""
+    from infra.settings import get_settings
+
+    return server_app(args["model"], get_settings())
+
+
 @dataclass(frozen=True)
 class ServerInfo:
     url: str  # the base URL; the OpenAI API is under /v1
@@ -110,7 +124,7 @@ def start_server(source: str, settings: Settings, *, app_name: str = APP_NAME,
     port = settings.serve_port or _free_port(settings.serve_host)
     serve.start(http_options={"host": settings.serve_host, "port": port})
     try:
-        serve.run(LongmixServer.options(**deployment_options(settings)).bind(source, settings),
+        serve.run(server_app(source, settings),
                   name=app_name, route_prefix=route_prefix)
     except RuntimeError as error:  # a replica failed to start: say why, leave nothing behind
         reason = _replica_failure(app_name) or str(error)

@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from infra.services import process_alive
 from infra.settings import Settings
 from workers.serve.request_guard import load_api_keys
 
@@ -46,27 +47,13 @@ def _info_path(settings: Settings) -> Path:
     return serve_dir(settings) / "host.json"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is this process's child that has ended
-    except ChildProcessError:
-        pass  # not a child of this process
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running_host(settings: Settings) -> HostInfo | None:
     """The host serving from this home, if its process is alive."""
     try:
         info = HostInfo(**json.loads(_info_path(settings).read_text()))
     except (OSError, ValueError, TypeError):
         return None
-    return info if _alive(info.pid) else None
+    return info if process_alive(info.pid) else None
 
 
 def _free_port(host: str) -> int:
@@ -130,9 +117,9 @@ def stop_host(settings: Settings) -> bool:
         return False
     os.kill(info.pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    while _alive(info.pid) and time.monotonic() < deadline:
+    while process_alive(info.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _alive(info.pid):  # its own session: the group is the host and what it started
+    if process_alive(info.pid):  # its own session: the group is the host and what it started
         os.killpg(info.pid, signal.SIGKILL)
     _info_path(settings).unlink(missing_ok=True)
     return True

@@ -37,13 +37,22 @@ class LocalServeTarget:
         return start_server(model_uri, self.settings, app_name=name, route_prefix=f"/{name}").url
 
     def switch_traffic(self, version: str) -> str:
+        previous = self.serving_version()
+        try:
+            self._route_to(version)
+        except Exception:
+            if previous is not None:
+                self._route_to(previous)  # the serving version keeps the traffic
+            raise
+        return self.host.url
+
+    def _route_to(self, version: str) -> None:
         upstream = f"{self.host.url}/{version_app(version)}"
         # same code, new user_config: Serve reconfigures the live router replica in place
         serve.run(Router.options(user_config=router_config(version, upstream), version="router",
                                  _internal=True).bind(),
                   name=ROUTER_APP, route_prefix="/")
         self._wait_until_answered_by(version)
-        return self.host.url
 
     def _wait_until_answered_by(self, version: str) -> None:
         deadline = time.monotonic() + SWITCH_TIMEOUT_S

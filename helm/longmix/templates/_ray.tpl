@@ -4,7 +4,7 @@ document, byte for byte (a test compares them). */}}
 applications:
 - name: longmix
   route_prefix: /
-  import_path: infra.k8s:serve_app
+  import_path: workers.serve.app:build_app
   args:
     model: {{ . }}
 {{- end -}}
