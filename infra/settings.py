@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None  # None: SQLite under home
     mlflow_artifact_root: str | None = None  # None: a folder under home (or s3://...)
     mlflow_experiment: str = "longmix"
-    storage_uri: str | None = None  # audit log, deployment records: a folder or s3://; None: home
+    storage_uri: str | None = None  # datasets, checkpoints, audit, deployments; None: home
     user: str | None = None  # who triggers runs and reviews (four eyes); None: the OS user
 
     # promotion (pipelines/): how long a flow waits for a reviewer, how long an approval holds,

@@ -20,7 +20,7 @@ class Params(BaseModel):
 
 class DataParams(Params):
     spec: str = "demo"  # a built-in corpus spec's name, or a YAML file
-    out: str | None = None  # the dataset's folder or s3:// prefix; None: <home>/datasets/<name>
+    out: str | None = None  # a folder or s3:// prefix; None: <storage root>/datasets/<name>
 
 
 class StageParams(Params):
@@ -122,5 +122,5 @@ def get_profile(name: str, **overrides) -> PipelineParams:
     return PipelineParams.model_validate({**PROFILES[name].model_dump(), **overrides})
 
 
-def dataset_out(params: DataParams, spec_name: str, home: Path) -> str:
-    return params.out or str((home / "datasets" / spec_name).resolve())
+def dataset_out(params: DataParams, spec_name: str, storage_root: str) -> str:
+    return params.out or f"{storage_root}/datasets/{spec_name}"

@@ -60,7 +60,7 @@ def build_data_step(params: DataParams, settings: Settings) -> DatasetRef:
     from workers.data.spec import load_spec
 
     spec = load_spec(params.spec)
-    out = dataset_out(params, spec.name, settings.home)
+    out = dataset_out(params, spec.name, settings.storage_root)
     manifest_uri = join(out, MANIFEST_NAME)
     if exists(manifest_uri):
         manifest = read_manifest(manifest_uri)
@@ -114,6 +114,7 @@ def train_stage_step(dataset: DatasetRef, stage: StageParams, train: TrainParams
     cfg = parse_train_config({
         **stage.model_dump(), "dataset": dataset.manifest, "preset": train.preset,
         "init_from": previous.checkpoint if previous else None, "workers": train.workers,
+        "storage_path": f"{settings.storage_root}/train",
         "registered_model": train.registered_model if register else None})
     result = run_training(cfg, settings, key=key)
     return StageResult(stage=stage.stage, checkpoint=str(result.checkpoint),

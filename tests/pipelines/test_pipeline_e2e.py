@@ -116,6 +116,33 @@ def test_killed_run_resumes_then_deploys_and_serves(home):
     assert verify.returncode == 0 and "chain intact" in verify.stdout, verify.stdout
 
 
+def test_flows_serve_runs_a_deployment_triggered_through_prefect(home):
+    """`longmix flows serve` registers the deployments; `prefect deployment run` triggers one, which
+    runs in the serving process's child (here build_data: the dataset exists, so it is reused)."""
+    exe = str(Path(sys.executable).with_name("longmix"))
+    server = subprocess.Popen([exe, "flows", "serve", "--profile", "tiny"], env=_env(home),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        api = json.loads((home / "services" / "prefect.json").read_text())["url"] + "/api"
+        deadline = time.monotonic() + 120
+        names: set = set()
+        while {"train_eval_deploy", "build_data"} - names:
+            assert server.poll() is None and time.monotonic() < deadline, "no deployments served"
+            time.sleep(1)
+            flows = {f["id"]: f["name"] for f in httpx.post(f"{api}/flows/filter", json={}).json()}
+            names = {flows.get(d["flow_id"]) for d in
+                     httpx.post(f"{api}/deployments/filter", json={}).json()}
+        prefect = str(Path(sys.executable).with_name("prefect"))
+        run = subprocess.run([prefect, "deployment", "run", "build_data/longmix", "--watch",
+                              "--watch-timeout", "300"], env={**_env(home), "PREFECT_API_URL": api},
+                             capture_output=True, text=True, timeout=360)
+        assert run.returncode == 0 and "Completed" in run.stdout, run.stdout + run.stderr
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
 def _run_v2(home: Path, *args: str, **env) -> subprocess.CompletedProcess:
     """A second version (other training steps), waiting for a reviewer, never deployed."""
     return _longmix(home, "run", "--profile", "tiny", "--train-steps", "3", "--wait",
