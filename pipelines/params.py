@@ -96,14 +96,15 @@ class PipelineParams(Params):
 
 
 PROFILES: dict[str, PipelineParams] = {
-    # about 10 minutes on 2 CPUs: a 60-step pretrain of the `small` preset and the demo suite's
-    # text evals; the approval comes from a second, named demo reviewer
+    # within 10 minutes on 2 CPUs: a 100-step pretrain of the `small` preset and the demo
+    # suite's text and safety evals; the approval comes from a second, named demo reviewer
     "demo": PipelineParams(
         profile="demo",
         data=DataParams(spec="demo"),
-        train=TrainParams(stages=(StageParams(stage="pretrain", steps=60, batch_size=2,
-                                              checkpoint_every=30, eval_every=20),)),
-        eval=EvalParams(suite="demo", evals=("perplexity", "niah_text", "toxicity", "pii")),
+        train=TrainParams(stages=(StageParams(stage="pretrain", steps=100, batch_size=2,
+                                              checkpoint_every=50, eval_every=25),)),
+        eval=EvalParams(suite="demo", evals=("perplexity", "niah_text", "multi_needle", "refusal",
+                                             "toxicity", "injection", "pii")),
         promote=PromoteParams(policy="demo", reviewer="demo-reviewer")),
     # the tests' whole pipeline in about a minute of compute
     "tiny": PipelineParams(

@@ -124,7 +124,8 @@ def train_stage_step(dataset: DatasetRef, stage: StageParams, train: TrainParams
 
 
 HEADLINE = ("perplexity.text.nll", "niah_text.accuracy", "niah_text.rank_top1",
-            "toxicity.builtin.toxic_rate", "pii.exact_extraction_rate")
+            "multi_needle.recall", "refusal.builtin.refusal_rate", "toxicity.builtin.toxic_rate",
+            "injection.heldout.success_rate", "pii.exact_extraction_rate")
 
 
 def evaluate_step(model: StageResult, dataset: DatasetRef, params: EvalParams,
