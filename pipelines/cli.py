@@ -442,8 +442,8 @@ app.command("run")(cli_pipeline.run)
 app.add_typer(cli_pipeline.flows_app, name="flows")
 app.command()(cli_pipeline.ui)
 app.command()(cli_pipeline.down)
-for command in (cli_review.status, cli_review.approve, cli_review.reject, cli_review.deploy,
-                cli_review.rollback):
+for command in (cli_review.status, cli_review.approve, cli_review.reject, cli_review.override,
+                cli_review.deploy, cli_review.rollback):
     app.command()(command)
 app.add_typer(cli_review.audit_app, name="audit")
 

@@ -99,7 +99,8 @@ def print_summary(result: dict, settings, api_url: str, mlflow_url: str, flow_ru
     rows += [(f"eval {k}", f"{v:.4g}") for k, v in result["evaluation"]["headline"].items()]
     gate = result["gate"]
     rows.append(("gate", f"{gate['status']} ({gate['policy']} policy, "
-                         f"{sum(gate['checks'].values())}/{len(gate['checks'])} checks)"))
+                         f"{sum(gate['checks'].values())}/{len(gate['checks'])} checks passed"
+                         + "".join(f"; overridden: {o}" for o in gate["overrides"]) + ")"))
     approval = result["approval"]
     rows.append(("approval", f"approved by {approval['reviewer']} (the quickstart's named demo "
                              "reviewer)" if approval["reviewer"] == "demo-reviewer"

@@ -74,6 +74,28 @@ def reject(
     console.print(f"{name} version {number}: longmix.review = {value}", highlight=False)
 
 
+def override(
+    version: str = typer.Argument(..., help="NAME/VERSION whose gate decision failed"),
+    check: str = typer.Option(..., help="the failed check to accept (never a hard safety check)"),
+    reason: str = typer.Option(..., help="why the failure is acceptable (recorded)"),
+    reviewer: str | None = typer.Option(None, help="your name (default: LONGMIX_USER or the OS user)"),
+) -> None:
+    """Accept one failed non-safety check of a version's gate decision, as a named reviewer with
+    a reason; the flow, run again, keeps the override for the same report and policy."""
+    from infra.settings import get_settings
+    from pipelines.gate.decide import GateError
+    from pipelines.gate.record import override_check
+
+    name, number = _version(version)
+    try:
+        decision = override_check(_client(), name, number, check, _reviewer(reviewer), reason,
+                                  get_settings())
+    except GateError as e:
+        _refuse(e)
+    console.print(f"{name} version {number}: {check} overridden; gate {decision.status}",
+                  highlight=False)
+
+
 def deploy(version: str = typer.Argument(..., help="NAME/VERSION of an approved version")) -> None:
     """Blue/green deploy of an approved version (the approval is checked again first)."""
     from infra.settings import get_settings

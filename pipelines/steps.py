@@ -153,15 +153,18 @@ def gate_step(model: StageResult, evaluation: EvalRef, policy: str, settings: Se
     from pipelines.audit import audit_log
     from pipelines.gate.decide import decide
     from pipelines.gate.policy import load_policy
-    from pipelines.gate.record import record_decision
+    from pipelines.gate.record import carry_overrides, record_decision, recorded_decision
     from workers.evals.report import read_report
 
     configure_mlflow(settings)
-    decision = decide(read_report(Path(evaluation.report)), load_policy(policy))
     name, version = model.registered.rsplit("/", 1)
-    artifact = record_decision(MlflowClient(), name, version, decision)
+    client = MlflowClient()
+    decision = carry_overrides(decide(read_report(Path(evaluation.report)), load_policy(policy)),
+                               recorded_decision(client, name, version))
+    artifact = record_decision(client, name, version, decision)
+    overridden = {o.check for o in decision.overrides}
     failed = [f"{c.name} ({c.metric} {c.threshold}: {c.reason})" for c in decision.checks
-              if not c.passed]
+              if not c.passed and c.name not in overridden]
     audit_log(settings).append("gate", "longmix-pipeline", model=model.registered,
                                digest=model.digest,
                                details={"status": decision.status, "policy": decision.policy,
@@ -170,7 +173,8 @@ def gate_step(model: StageResult, evaluation: EvalRef, policy: str, settings: Se
         raise GateFailed(f"{model.registered} failed the {decision.policy} gate: {'; '.join(failed)}")
     return {"status": decision.status, "policy": decision.policy,
             "decision_digest": decision.digest(), "artifact": artifact,
-            "checks": {c.name: c.passed for c in decision.checks}}
+            "checks": {c.name: c.passed for c in decision.checks},
+            "overrides": [f"{o.check} by {o.reviewer}: {o.reason}" for o in decision.overrides]}
 
 
 def model_card_step(model: StageResult, dataset: DatasetRef, evaluation: EvalRef,
@@ -179,7 +183,7 @@ def model_card_step(model: StageResult, dataset: DatasetRef, evaluation: EvalRef
     from mlflow import MlflowClient
 
     from infra.tracking import configure_mlflow
-    from pipelines.gate.decide import GateDecision
+    from pipelines.gate.record import recorded_decision
     from pipelines.model_card import attach_card, render_card, stage_summaries
     from workers.data.manifest import read_manifest
     from workers.evals.report import read_report
@@ -188,10 +192,7 @@ def model_card_step(model: StageResult, dataset: DatasetRef, evaluation: EvalRef
     client = MlflowClient()
     name, version = model.registered.rsplit("/", 1)
     report = read_report(Path(evaluation.report))
-    decision_path = client.download_artifacts(client.get_model_version(name, version).run_id,
-                                              f"gate/{name}-v{version}-decision.json",
-                                              str(settings.home / "gate"))
-    decision = GateDecision.model_validate_json(Path(decision_path).read_text())
+    decision = recorded_decision(client, name, version)
     figures = [f for e in report.evals.values() for f in e.figures]
     card = render_card(name, version, model.digest, read_manifest(dataset.manifest),
                        stage_summaries(client, train_runs), report, decision, figures)

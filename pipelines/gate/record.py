@@ -1,9 +1,11 @@
 """The gate decision on the model version it judged: tags a reviewer sees in the MLflow UI
-(`gate.status`, one `gate.check.<name>` per check) and the decision as a JSON artifact."""
+(`gate.status`, one `gate.check.<name>` per check) and the decision as a JSON artifact; a
+reviewer's override recorded the same way, audited, and kept when the same report is judged
+again under the same policy."""
 
 from __future__ import annotations
 
-from pipelines.gate.decide import GateDecision, GateError
+from pipelines.gate.decide import GateDecision, GateError, override
 from workers.train.mlflow_model import DIGEST_TAG
 
 
@@ -28,6 +30,52 @@ def record_decision(client, model_name: str, version: str, decision: GateDecisio
             **{f"gate.check.{c.name}": check_tag(decision, c.name) for c in decision.checks}}
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, value)
-    path = f"gate/{model_name}-v{version}-decision.json"
+    path = decision_artifact(model_name, version)
     client.log_text(mv.run_id, decision.model_dump_json(indent=2), path)
     return path
+
+
+def decision_artifact(model_name: str, version: str) -> str:
+    return f"gate/{model_name}-v{version}-decision.json"
+
+
+def recorded_decision(client, model_name: str, version: str) -> GateDecision | None:
+    """The decision last recorded on the version, if any."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    run_id = client.get_model_version(model_name, version).run_id
+    try:
+        text = mlflow.artifacts.load_text(f"runs:/{run_id}/{decision_artifact(model_name, version)}")
+    except (MlflowException, OSError):
+        return None
+    return GateDecision.model_validate_json(text)
+
+
+def carry_overrides(decision: GateDecision, recorded: GateDecision | None) -> GateDecision:
+    """Overrides a reviewer gave on the same report under the same policy still hold when the gate
+    runs again (a flow re-run); on another report or policy they do not."""
+    if recorded is None or (recorded.report_digest, recorded.policy_digest) != (
+            decision.report_digest, decision.policy_digest):
+        return decision
+    for given in recorded.overrides:
+        decision = override(decision, given.check, given.reviewer, given.reason)
+    return decision.model_copy(update={"overrides": recorded.overrides})
+
+
+def override_check(client, model_name: str, version: str, check: str, reviewer: str, reason: str,
+                   settings) -> GateDecision:
+    """A named reviewer accepts one failed non-safety check of the recorded decision, with a
+    reason: recorded on the version and in the audit log."""
+    from pipelines.audit import audit_log
+
+    recorded = recorded_decision(client, model_name, version)
+    if recorded is None:
+        raise GateError(f"{model_name} version {version} has no gate decision to override")
+    decision = override(recorded, check, reviewer, reason)
+    record_decision(client, model_name, version, decision)
+    audit_log(settings).append("override", reviewer, model=f"{model_name}/{version}",
+                               digest=decision.model_digest,
+                               details={"check": check, "reason": reason, "status": decision.status,
+                                        "decision_digest": decision.digest()})
+    return decision

@@ -175,10 +175,10 @@ def test_artifact_changed_after_approval_is_refused(home):
     model_id = client.get_model_version("longmix", "2").source.removeprefix("models:/")
     artifacts = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
     weights = next(artifacts.rglob("model.safetensors"))
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
     deploy = _longmix(home, "deploy", "longmix/2")
+    weights.write_bytes(original)  # the later tests judge version 2 again
     assert deploy.returncode == 1
     assert "no longer match" in deploy.stdout or "digest" in deploy.stdout, deploy.stdout
 
@@ -198,6 +198,23 @@ def test_failing_gate_stops_the_flow_and_records_the_step(home, tmp_path):
     assert flows[0].data.tags["longmix.failed_step"].startswith("gate")
     assert client.get_model_version("longmix", "2").tags["gate.status"] == "failed"
     assert str(client.get_model_version_by_alias("longmix", "champion").version) == "1"
+
+
+def test_a_named_override_of_a_failed_check_holds_when_the_flow_runs_again(home, tmp_path):
+    policy = tmp_path / "strict.yaml"
+    policy.write_text(STRICT_POLICY)
+    hard = _longmix(home, "override", "longmix/2", "--check", "pii-extraction", "--reviewer",
+                    "alice", "--reason", "fine")
+    assert hard.returncode == 1 and "hard safety check" in hard.stdout, hard.stdout
+    given = _longmix(home, "override", "longmix/2", "--check", "niah", "--reviewer", "alice",
+                     "--reason", "NIAH is not what this release is for")
+    assert given.returncode == 0 and "gate passed" in given.stdout, given.stdout
+    again = _longmix(home, "run", "--profile", "tiny", "--train-steps", "3", "--no-deploy",
+                     "--wait", "--policy", str(policy), LONGMIX_APPROVAL_TIMEOUT_S="30")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "overridden: niah by alice" in again.stdout
+    events = [json.loads(p.read_text())["event"] for p in sorted((home / "audit").glob("*.json"))]
+    assert "override" in events
 
 
 def test_an_edited_audit_log_is_detected(home):
