@@ -25,6 +25,7 @@ from infra.storage import exists, join, read_bytes, write_bytes
 from pipelines.audit import audit_log
 from pipelines.smoke import SmokeConfig, SmokeResult, smoke_check
 from workers.serve.host import api_key, stop_host, with_api_key
+from workers.serve.request_guard import load_api_keys
 from workers.serve.local_target import LocalServeTarget
 from workers.train.mlflow_model import DIGEST_TAG
 
@@ -127,6 +128,7 @@ def _blue_green(client: MlflowClient, name: str, candidate: VersionRef, settings
     if registered != candidate.digest:  # a changed artifact voids the approval
         raise DeployError(f"{model}: registered digest {str(registered)[:12]}… is not the "
                           f"approved {candidate.digest[:12]}…; the approval does not hold")
+    key = smoke_key(settings, target)  # refused before anything starts
     previous = current_deployment(settings, name)
     serving = target.serving_version()
     if serving == version:
@@ -137,7 +139,7 @@ def _blue_green(client: MlflowClient, name: str, candidate: VersionRef, settings
         target.stop(version)
         _audit_failure(audit, actor, model, candidate, serving, [f"start: {e}"])
         raise DeployError(f"{model} did not start: {e}; {_kept(serving)}") from e
-    result = smoke_check(url, api_key(with_api_key(settings)), candidate.digest, smoke)
+    result = smoke_check(url, key, candidate.digest, smoke)
     if not result.passed:
         target.stop(version)
         failed = [f"{c.name}: {c.reason}" for c in result.failed]
@@ -170,6 +172,17 @@ def _blue_green(client: MlflowClient, name: str, candidate: VersionRef, settings
         "endpoint": endpoint, "target": target.kind, "replaces": serving,
         "approval": candidate.approval, "smoke": "passed", "switch_s": round(switch_s, 3)})
     return record
+
+
+def smoke_key(settings: Settings, target: ServingTarget) -> str:
+    """The key the smoke check sends. Locally, one is made once when none is configured; a
+    RayService's pods know only the keys of their Secret, which the settings must name too."""
+    if target.kind == "local":
+        return api_key(with_api_key(settings))
+    if not load_api_keys(settings.serve_api_keys, settings.serve_api_key_file):
+        raise DeployError("no serving API key configured: set LONGMIX_SERVE_API_KEY_FILE (or "
+                          "_API_KEYS) to the key in the RayService's Secret")
+    return api_key(settings)
 
 
 def _ref(record: DeploymentRecord) -> VersionRef:

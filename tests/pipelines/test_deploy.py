@@ -220,3 +220,20 @@ def test_rollback_returns_to_v1(setup):
     assert [e for e, _ in events].count("deploy") == 2
     assert json.loads(read_bytes(f"{setup.settings.deployments_uri}/{NAME}/current.json"))[
         "approval"] == record.approval
+
+
+def test_a_rayservice_deploy_needs_the_key_its_pods_know(tmp_path):
+    """Locally a key is made once; for a RayService it must be configured (its Secret), and a
+    deploy without one is refused before any candidate starts."""
+    from types import SimpleNamespace
+
+    from infra.settings import Settings
+    from pipelines.deploy import DeployError, smoke_key
+
+    with pytest.raises(DeployError, match="LONGMIX_SERVE_API_KEY_FILE"):
+        smoke_key(Settings(home=tmp_path), SimpleNamespace(kind="rayservice"))
+    secret = tmp_path / "key"
+    secret.write_text("from-the-secret\n")
+    configured = Settings(home=tmp_path, serve_api_key_file=secret)
+    assert smoke_key(configured, SimpleNamespace(kind="rayservice")) == "from-the-secret"
+    assert not (tmp_path / "serve" / "api_key").exists()
