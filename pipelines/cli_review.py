@@ -47,15 +47,7 @@ def approve(
                                       "longmix.digest as it is now)"),
 ) -> None:
     """Approve a version that passed the gate: a waiting flow picks it up and deploys it."""
-    from pipelines.approval import ApprovalError, review
-
-    name, number = _version(version)
-    try:
-        value = review(_client(), name, number, "approve", _reviewer(reviewer), reason=reason,
-                       digest=digest)
-    except ApprovalError as e:
-        _refuse(e)
-    console.print(f"{name} version {number}: longmix.review = {value}", highlight=False)
+    _review(version, "approve", reviewer, reason, digest)
 
 
 def reject(
@@ -64,11 +56,18 @@ def reject(
     reviewer: str | None = typer.Option(None, help="your name (default: LONGMIX_USER or the OS user)"),
 ) -> None:
     """Reject a version: the waiting flow stops with your reason; nothing is deployed."""
+    _review(version, "reject", reviewer, reason)
+
+
+def _review(version: str, decision: str, reviewer: str | None, reason: str | None,
+            digest: str | None = None) -> None:
+    """Write the longmix.review tag, as a reviewer in the MLflow UI would."""
     from pipelines.approval import ApprovalError, review
 
     name, number = _version(version)
     try:
-        value = review(_client(), name, number, "reject", _reviewer(reviewer), reason=reason)
+        value = review(_client(), name, number, decision, _reviewer(reviewer), reason=reason,
+                       digest=digest)
     except ApprovalError as e:
         _refuse(e)
     console.print(f"{name} version {number}: longmix.review = {value}", highlight=False)

@@ -17,7 +17,7 @@ from prefect.runtime import flow_run as current_flow_run
 from infra.settings import get_settings
 from pipelines import progress
 from pipelines.params import (DataParams, EvalParams, PipelineParams, PromoteParams, StageParams,
-                              TrainParams)
+                              TrainParams, dataset_out)
 from pipelines.steps import (DatasetRef, EvalRef, StageResult, approval_step, build_data_step,
                              deploy_step, digest_of, evaluate_step, gate_step, model_card_step,
                              stage_key, train_stage_step)
@@ -116,7 +116,9 @@ def step(name: str, cache_key_fn=None, retries: int = 2):
 def _data_key(context, p) -> str:
     from workers.data.spec import load_spec
 
-    return "data-" + digest_of(load_spec(p["params"].spec).model_dump_json(), p["params"].out)
+    spec = load_spec(p["params"].spec)
+    out = dataset_out(p["params"], spec.name, get_settings().storage_root)
+    return "data-" + digest_of(spec.model_dump_json(), out)
 
 
 def _stage_key(context, p) -> str:
@@ -130,6 +132,8 @@ def _eval_key(context, p) -> str:
 
     champion = default_champion(p["model"].model_uri)
     champion_digest = registered_version(champion).tags.get(DIGEST_TAG) if champion else None
+    if champion_digest == p["model"].digest:
+        champion_digest = None  # the model is the champion: nothing to compare, as before it was
     return "eval-" + digest_of(p["model"].digest, p["params"].suite_config().model_dump_json(),
                                p["dataset"].digest, champion_digest)
 

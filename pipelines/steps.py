@@ -225,16 +225,18 @@ def deploy_step(model: StageResult, params: PromoteParams, actor: str, settings:
 
     from infra.tracking import configure_mlflow
     from pipelines.approval import check_approved
-    from pipelines.deploy import current_deployment, deploy
+    from pipelines.deploy import current_deployment, deploy, target_for
 
     configure_mlflow(settings)
     client = MlflowClient()
     name, version = model.registered.rsplit("/", 1)
     receipt = check_approved(client, name, version, settings)
-    serving = current_deployment(settings, name)
-    if serving is not None and serving.version == version and serving.digest == receipt.digest:
-        return serving.model_dump(mode="json")  # a re-run after a kill: already deployed
+    target = target_for(settings)
+    current = current_deployment(settings, name)
+    if (target.serving_version() == version and current is not None
+            and current.version == version and current.digest == receipt.digest):
+        return current.model_dump(mode="json")  # a re-run: it serves already
     record = deploy(client, name, version, settings, approved_digest=receipt.digest,
-                    approval_hash=receipt.audit_hash, actor=actor,
+                    approval_hash=receipt.audit_hash, actor=actor, target=target,
                     smoke=params.smoke)
     return record.model_dump(mode="json")

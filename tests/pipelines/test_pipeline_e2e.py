@@ -110,6 +110,12 @@ def test_killed_run_resumes_then_deploys_and_serves(home):
     aliases = _client(home).get_model_version_by_alias("longmix", "champion")
     assert str(aliases.version) == "1"
 
+    again = _longmix(home, "run", "--profile", "tiny")  # everything done: nothing is redone
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("cached") >= 3 and "serving version 1" in again.stdout
+    events = [json.loads(p.read_text())["event"] for p in (home / "audit").glob("*.json")]
+    assert events.count("deploy") == 1, "deployed twice"
+
     status = _longmix(home, "status")
     assert status.returncode == 0 and "serving: version 1" in status.stdout, status.stdout
     verify = _longmix(home, "audit", "verify")
