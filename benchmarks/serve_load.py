@@ -38,6 +38,7 @@ from pathlib import Path
 
 from _common import console, emit_json, machine_info, parse_args, print_table
 
+import numpy as np
 import torch
 
 from model.checkpoint import load_checkpoint, save_checkpoint
@@ -77,17 +78,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-batch-size", type=int, default=max(CONCURRENCY),
                         help="the replica's serve_max_batch_size (default 16, so that 16 clients "
                              "share each step; the setting's own default is 8)")
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100) of a non-empty list."""
-    s = sorted(values)
-    if len(s) == 1:
-        return s[0]
-    pos = (len(s) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,10 +265,10 @@ def summarise_load(walls: dict[int, list[float]], results: dict[int, list[list[d
                   "aggregate_per_repeat": [round(a, 1) for a in aggregate],
                   "requests": len(pooled),
                   "token_counts": sorted({r["tokens"] for r in pooled}),
-                  "latency_p50_s": percentile(latency, 50),
-                  "latency_p99_s": percentile(latency, 99),
-                  "ttft_p50_s": percentile(ttft, 50) if ttft else None,
-                  "ttft_p99_s": percentile(ttft, 99) if ttft else None}
+                  "latency_p50_s": float(np.percentile(latency, 50)),
+                  "latency_p99_s": float(np.percentile(latency, 99)),
+                  "ttft_p50_s": float(np.percentile(ttft, 50)) if ttft else None,
+                  "ttft_p99_s": float(np.percentile(ttft, 99)) if ttft else None}
         if cpu is not None:
             tokens = sum(r["tokens"] for r in pooled)
             out[c]["cpu_ms_per_token"] = {role: 1e3 * v / tokens for role, v in cpu[c].items()}

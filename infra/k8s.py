@@ -37,7 +37,7 @@ VERSION_LABEL = "longmix.io/model-version"
 INHERITED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance",
                     "app.kubernetes.io/part-of", "app.kubernetes.io/component")
 FIELD_MANAGER = "longmix-deployer"
-MAX_NAME = 47  # KubeRay refuses longer RayService names (it suffixes them for its clusters)
+MAX_NAME = 47  # KubeRay refuses longer RayService/RayJob names (it suffixes them for clusters)
 
 
 class RayServiceError(RuntimeError):
@@ -151,7 +151,8 @@ def serve_state(obj: dict, not_cluster: str | None = None,
     return ServeState(done, None, detail)
 
 
-def _custom_objects_api():
+def custom_objects_api():
+    """The cluster's custom-objects API: in a pod its ServiceAccount, on a workstation kubeconfig."""
     from kubernetes import client, config
 
     try:
@@ -177,7 +178,7 @@ class RayServiceTarget:
         self.settings = settings
         self.namespace = settings.k8s_namespace
         self.name = settings.k8s_rayservice
-        self.api = api if api is not None else _custom_objects_api()
+        self.api = api if api is not None else custom_objects_api()
         self.poll_s, self.clock, self.sleep = poll_s, clock, sleep
 
     # -- the protocol -----------------------------------------------------------------------

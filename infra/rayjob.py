@@ -17,8 +17,10 @@ from typing import Any
 
 import yaml
 
-GROUP, API_VERSION, PLURAL = "ray.io", "v1", "rayjobs"
-NAME = re.compile(r"^[a-z]([-a-z0-9]{0,45}[a-z0-9])?$")  # KubeRay's limit: 47, a DNS-1035 label
+from infra.k8s import API_VERSION, GROUP, MAX_NAME, custom_objects_api
+
+PLURAL = "rayjobs"
+NAME = re.compile(rf"^[a-z]([-a-z0-9]{{0,{MAX_NAME - 2}}}[a-z0-9])?$")  # a DNS-1035 label
 FINISHED = {"Complete", "Failed", "ValidationFailed"}  # jobDeploymentStatus values that end a job
 
 
@@ -69,18 +71,8 @@ def train_job(name: str, dataset: str, *, cluster: str, namespace: str, stage: s
     return rayjob(name, args, cluster=cluster, namespace=namespace)
 
 
-def _custom_objects_api():
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.CustomObjectsApi()
-
-
 def submit(job: dict, api: Any = None) -> None:
-    api = api if api is not None else _custom_objects_api()
+    api = api if api is not None else custom_objects_api()
     meta = job["metadata"]
     try:
         api.create_namespaced_custom_object(GROUP, API_VERSION, meta["namespace"], PLURAL, job,
@@ -94,7 +86,7 @@ def wait(name: str, namespace: str, timeout_s: float, api: Any = None, poll_s: f
          clock: Callable[[], float] = time.monotonic,
          sleep: Callable[[float], None] = time.sleep) -> dict:
     """The RayJob's status once it finished with SUCCEEDED; RayJobError otherwise."""
-    api = api if api is not None else _custom_objects_api()
+    api = api if api is not None else custom_objects_api()
     deadline = clock() + timeout_s
     while True:
         status = api.get_namespaced_custom_object(GROUP, API_VERSION, namespace, PLURAL,

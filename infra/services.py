@@ -69,19 +69,20 @@ def running(settings: Settings, name: str) -> Service | None:
     return service if process_alive(service.pid) else None
 
 
-def _port(preferred: int) -> int:
+def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
+    """`preferred` if it is free on `host`, else any free port: known before a server starts."""
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", preferred))
+            s.bind((host, preferred))
         except OSError:  # taken: any free port
-            s.bind(("127.0.0.1", 0))
+            s.bind((host, 0))
         return s.getsockname()[1]
 
 
 def start(settings: Settings, name: str, argv: list[str], health: str, env: dict[str, str],
           timeout_s: float = 90.0) -> Service:
     """Start `argv` (with {port} filled in) in its own session; wait until `health` answers."""
-    port = _port(PREFERRED_PORTS[name])
+    port = free_port(preferred=PREFERRED_PORTS[name])
     path = _record(settings, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     log = path.with_suffix(".log")
@@ -115,10 +116,14 @@ def _script(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-def prefect_env(settings: Settings) -> dict[str, str]:
+def prefect_env(settings: Settings, api_url: str | None = None) -> dict[str, str]:
+    """Prefect's settings for the embedded default, as environment variables: its home and
+    persisted results under ours, no analytics; the API to use when given."""
     home = settings.home.resolve() / "prefect"
-    return {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_LOCAL_STORAGE_PATH": str(home / "results")}
+    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_LOCAL_STORAGE_PATH": str(home / "results"),
+           "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true"}
+    return {**env, "PREFECT_API_URL": api_url} if api_url else env
 
 
 def ensure_prefect_server(settings: Settings) -> str:
@@ -147,15 +152,12 @@ def ensure_mlflow_ui(settings: Settings) -> str:
 
 @contextmanager
 def prefect_settings(settings: Settings, api_url: str):
-    """Prefect reads its settings when imported: flows run inside this context use our server,
-    persist results under the home folder and send no analytics."""
-    from prefect.settings import (PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH,
-                                  PREFECT_RESULTS_PERSIST_BY_DEFAULT,
-                                  PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings)
+    """The same settings for this process, where Prefect was imported already (it reads the
+    environment once): flows run inside this context use them. Its home is fixed by then."""
+    import prefect.settings
+    from prefect.settings import temporary_settings
 
-    env = prefect_env(settings)
-    with temporary_settings(updates={
-            PREFECT_API_URL: api_url, PREFECT_RESULTS_PERSIST_BY_DEFAULT: True,
-            PREFECT_LOCAL_STORAGE_PATH: env["PREFECT_LOCAL_STORAGE_PATH"],
-            PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+    env = prefect_env(settings, api_url)
+    env.pop("PREFECT_HOME")
+    with temporary_settings(updates={getattr(prefect.settings, k): v for k, v in env.items()}):
         yield

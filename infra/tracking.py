@@ -22,3 +22,11 @@ def configure_mlflow(settings: Settings | None = None, experiment: str | None = 
         experiment_id = found.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def registry_client(settings: Settings | None = None):
+    """An MlflowClient on the configured tracking store and registry."""
+    from mlflow import MlflowClient
+
+    configure_mlflow(settings)
+    return MlflowClient()

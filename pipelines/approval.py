@@ -170,15 +170,15 @@ def wait_for_review(client, name: str, version: str | int, settings: Settings, *
             raise ApprovalTimeout(f"no review within {timeout_s:g}s; {message}")
         time.sleep(min(settings.approval_poll_s, remaining))
         tags = version_tags(client, name, version)
-    return validate_review(client, name, version, settings)
+    return validate_review(client, name, version, settings, tags)
 
 
-def validate_review(client, name: str, version: str | int,
-                    settings: Settings) -> ApprovalReceipt:
+def validate_review(client, name: str, version: str | int, settings: Settings,
+                    tags: dict[str, str] | None = None) -> ApprovalReceipt:
     """Accept the version's review tag as an approval (receipt audited, tagged and logged) or
-    raise ApprovalError with the reason it is not one."""
+    raise ApprovalError with the reason it is not one. `tags`: the version's, if just read."""
     version = str(version)
-    tags = version_tags(client, name, version)
+    tags = tags or version_tags(client, name, version)
     if REVIEW_TAG not in tags:
         raise ApprovalError(f"{model_ref(name, version)} has no {REVIEW_TAG} tag: not reviewed")
     found = parse_review(tags[REVIEW_TAG])
@@ -193,7 +193,8 @@ def validate_review(client, name: str, version: str | int,
     if not found.names(digest):
         raise ApprovalError(f"approval names digest {found.digest[:12]}…, the version is now "
                             f"{digest[:12]}…")
-    verify_artifact(name, version, digest, settings)
+    # the files are checked against the approved digest once, where it counts: check_approved,
+    # just before a deploy (and the replica that loads them checks them again)
     return record_approval(client, name, version, found, digest, triggered_by, tags, settings)
 
 

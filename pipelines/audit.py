@@ -22,8 +22,6 @@ referenced hash at the next `verify`. Run one promotion flow per audit log on S3
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 import re
@@ -36,6 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from infra.digests import json_digest
 from infra.settings import Settings, get_settings
 from infra.storage import exists, is_s3, join, list_files, read_bytes, resolve, write_bytes
 
@@ -62,12 +61,7 @@ class AuditRecord(BaseModel):
     hash: str  # sha256 of the canonical JSON of every other field
 
     def computed_hash(self) -> str:
-        return content_hash(self.model_dump(mode="json", exclude={"hash"}))
-
-
-def content_hash(fields: dict[str, Any]) -> str:
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+        return json_digest(self.model_dump(mode="json", exclude={"hash"}))
 
 
 def seal(**fields: Any) -> AuditRecord:

@@ -389,9 +389,7 @@ def gate_cmd(
 ) -> None:
     """Apply a gate policy to an eval report; print each check; optionally record the decision
     on the model version. Exits 1 when the gate fails."""
-    from mlflow import MlflowClient
-
-    from infra.tracking import configure_mlflow
+    from infra.tracking import registry_client
     from pipelines.gate.decide import GateError, decide
     from pipelines.gate.policy import PolicyError, load_policy
     from pipelines.gate.record import record_decision
@@ -413,9 +411,8 @@ def gate_cmd(
     console.print(table)
     if record:
         name, _, version = record.rpartition("/")
-        configure_mlflow()
         try:
-            path = record_decision(MlflowClient(), name, version, decision)
+            path = record_decision(registry_client(), name, version, decision)
         except GateError as e:
             console.print(f"[red]not recorded:[/] {e}")
             raise typer.Exit(2) from e

@@ -185,8 +185,7 @@ def flows_serve(
     settings = get_settings()
     api_url, _ = start_services(settings)
     # flow runs start in child processes, which read Prefect's settings from the environment
-    os.environ.update({**prefect_env(settings), "PREFECT_API_URL": api_url,
-                       "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true"})
+    os.environ.update(prefect_env(settings, api_url))
     from infra.services import prefect_settings
     from pipelines.flows import build_data, train_eval_deploy
 

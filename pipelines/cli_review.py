@@ -12,12 +12,9 @@ audit_app = typer.Typer(help="the hash-chained audit log", no_args_is_help=True)
 
 
 def _client():
-    from mlflow import MlflowClient
+    from infra.tracking import registry_client
 
-    from infra.tracking import configure_mlflow
-
-    configure_mlflow()
-    return MlflowClient()
+    return registry_client()
 
 
 def _version(ref: str) -> tuple[str, str]:

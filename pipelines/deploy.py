@@ -104,7 +104,7 @@ def deploy(client: MlflowClient, name: str, version: str | int, settings: Settin
     """Blue/green: start the candidate, smoke-check it, then switch traffic to it."""
     return _blue_green(client, name, VersionRef(version=str(version), digest=approved_digest,
                                                 approval=approval_hash),
-                       settings, actor, target, smoke, "deploy")
+                       settings, actor, target, smoke, "deploy", current_deployment(settings, name))
 
 
 def rollback(client: MlflowClient, name: str, settings: Settings, *, actor: str,
@@ -116,20 +116,23 @@ def rollback(client: MlflowClient, name: str, settings: Settings, *, actor: str,
     if current is None or current.rollback_target is None:
         raise DeployError(f"{name}: no previous version to roll back to")
     return _blue_green(client, name, current.rollback_target, settings, actor, target, smoke,
-                       "rollback")
+                       "rollback", current)
 
 
 def _blue_green(client: MlflowClient, name: str, candidate: VersionRef, settings: Settings,
                 actor: str, target: ServingTarget | None, smoke: SmokeConfig | None,
-                action: Literal["deploy", "rollback"]) -> DeploymentRecord:
+                action: Literal["deploy", "rollback"],
+                previous: DeploymentRecord | None) -> DeploymentRecord:
+    version, model = candidate.version, f"{name}/{candidate.version}"
+    registered = client.get_model_version(name, version)
+    digest = registered.tags.get(DIGEST_TAG)
+    if digest != candidate.digest:  # a changed artifact voids the approval
+        raise DeployError(f"{model}: registered digest {str(digest)[:12]}… is not the approved "
+                          f"{candidate.digest[:12]}…; the approval does not hold")
+    # refused before anything starts (a local target starts the serving host)
+    key = smoke_key(settings, target.kind if target else settings.deploy_target)
     target = target or target_for(settings)
-    version, audit, model = candidate.version, audit_log(settings), f"{name}/{candidate.version}"
-    registered = client.get_model_version(name, version).tags.get(DIGEST_TAG)
-    if registered != candidate.digest:  # a changed artifact voids the approval
-        raise DeployError(f"{model}: registered digest {str(registered)[:12]}… is not the "
-                          f"approved {candidate.digest[:12]}…; the approval does not hold")
-    key = smoke_key(settings, target)  # refused before anything starts
-    previous = current_deployment(settings, name)
+    audit = audit_log(settings)
     serving = target.serving_version()
     if serving == version:
         raise DeployError(f"{model} already serves; nothing to switch to")
@@ -167,22 +170,23 @@ def _blue_green(client: MlflowClient, name: str, candidate: VersionRef, settings
         endpoint=endpoint, since=datetime.now(UTC).isoformat(),
         replaces=before if before is not None and before.version == serving else None,
         rollback_target=before, smoke=result, approval=candidate.approval, deployed_by=actor)
-    _store(client, settings, record)
+    _store(client, settings, record, registered.run_id)
     audit.append(action, actor, model=model, digest=candidate.digest, details={
         "endpoint": endpoint, "target": target.kind, "replaces": serving,
         "approval": candidate.approval, "smoke": "passed", "switch_s": round(switch_s, 3)})
     return record
 
 
-def smoke_key(settings: Settings, target: ServingTarget) -> str:
+def smoke_key(settings: Settings, target_kind: str) -> str:
     """The key the smoke check sends. Locally, one is made once when none is configured; a
     RayService's pods know only the keys of their Secret, which the settings must name too."""
-    if target.kind == "local":
+    if target_kind == "local":
         return api_key(with_api_key(settings))
-    if not load_api_keys(settings.serve_api_keys, settings.serve_api_key_file):
+    keys = load_api_keys(settings.serve_api_keys, settings.serve_api_key_file)
+    if not keys:
         raise DeployError("no serving API key configured: set LONGMIX_SERVE_API_KEY_FILE (or "
                           "_API_KEYS) to the key in the RayService's Secret")
-    return api_key(settings)
+    return keys[0]
 
 
 def _ref(record: DeploymentRecord) -> VersionRef:
@@ -199,7 +203,8 @@ def _audit_failure(audit, actor: str, model: str, candidate: VersionRef, serving
         "reason": "candidate failed", "failed": failed, "serving": serving})
 
 
-def _store(client: MlflowClient, settings: Settings, record: DeploymentRecord) -> None:
+def _store(client: MlflowClient, settings: Settings, record: DeploymentRecord,
+           run_id: str | None) -> None:
     """The record in storage (one file per deployment, and current.json) and on the run that
     logged the version."""
     data = record.model_dump_json(indent=2)
@@ -207,6 +212,5 @@ def _store(client: MlflowClient, settings: Settings, record: DeploymentRecord) -
     folder = join(settings.deployments_uri, record.model)
     write_bytes(join(folder, f"{stamp}-v{record.version}.json"), data.encode())
     write_bytes(join(folder, "current.json"), data.encode())
-    run_id = client.get_model_version(record.model, record.version).run_id
     if run_id:
         client.log_text(run_id, data, f"deployments/{stamp}-v{record.version}.json")

@@ -14,12 +14,13 @@ import sqlite3
 from prefect import flow, task
 from prefect.runtime import flow_run as current_flow_run
 
+from infra.digests import json_digest
 from infra.settings import get_settings
 from pipelines import progress
 from pipelines.params import (DataParams, EvalParams, PipelineParams, PromoteParams, StageParams,
                               TrainParams, dataset_out)
 from pipelines.steps import (DatasetRef, EvalRef, StageResult, approval_step, build_data_step,
-                             deploy_step, digest_of, evaluate_step, gate_step, model_card_step,
+                             deploy_step, evaluate_step, gate_step, model_card_step,
                              stage_key, train_stage_step)
 
 FLOW_RUN_TAG = "longmix.prefect_flow_run"
@@ -118,7 +119,7 @@ def _data_key(context, p) -> str:
 
     spec = load_spec(p["params"].spec)
     out = dataset_out(p["params"], spec.name, get_settings().storage_root)
-    return "data-" + digest_of(spec.model_dump_json(), out)
+    return "data-" + json_digest([spec.digest(), out])
 
 
 def _stage_key(context, p) -> str:
@@ -134,8 +135,8 @@ def _eval_key(context, p) -> str:
     champion_digest = registered_version(champion).tags.get(DIGEST_TAG) if champion else None
     if champion_digest == p["model"].digest:
         champion_digest = None  # the model is the champion: nothing to compare, as before it was
-    return "eval-" + digest_of(p["model"].digest, p["params"].suite_config().model_dump_json(),
-                               p["dataset"].digest, champion_digest)
+    return "eval-" + json_digest([p["model"].digest, p["params"].suite_config().model_dump_json(),
+                                  p["dataset"].digest, champion_digest])
 
 
 @step("build dataset", cache_key_fn=_data_key)

@@ -18,11 +18,11 @@ from workers.evals.adapters import TokenSequence
 from workers.evals.endpoint_adapter import EndpointAdapter, EndpointConfig
 from workers.evals.haystack import (chars_per_token, found, haystack, insert_at_depths,
                                     question_prompt)
+from workers.evals.long_context import overhead
 
 PROMPTS = ("def fibonacci(n):", "The quick brown fox", "import os\n", "Dear reviewer,")
 PROBE = ("The Python language reference describes the syntax and the core semantics of the "
          "language; the library reference describes the standard library.")
-NIAH_SLACK = 4  # tokens left for <|bos|> and tokenization at the joins
 
 
 class SmokeConfig(BaseModel):
@@ -124,7 +124,7 @@ def _niah(adapter: EndpointAdapter, cfg: SmokeConfig) -> tuple[bool, str]:
     texts = python_docs_corpus()
     city, number = draw_needle(rng)
     needle, question = needle_sentence(city, number), question_prompt(city)
-    room = cfg.niah_tokens - adapter.count_tokens(f"{needle} {question}") - NIAH_SLACK
+    room = cfg.niah_tokens - overhead(adapter, [needle], question)
     text = haystack(adapter, texts, room, chars_per_token(adapter, texts), rng)
     prompt = insert_at_depths(text, [needle], [cfg.niah_depth]) + question
     answer = adapter.complete([[prompt]], cfg.answer_tokens)[0].text

@@ -9,12 +9,11 @@ trained again (nor registered twice)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from infra.digests import json_digest
 from infra.settings import Settings
 from pipelines.params import (DataParams, EvalParams, PromoteParams, StageParams, TrainParams,
                               dataset_out)
@@ -32,12 +31,15 @@ class StageResult(BaseModel):
     digest: str  # longmix.digest of the checkpoint
     run_id: str
     registered: str | None = None  # NAME/VERSION of the version registered from it
-    trained: bool = True  # False: found already registered, not trained again
+
+    @property
+    def name_version(self) -> tuple[str, str]:
+        name, version = self.registered.rsplit("/", 1)
+        return name, version
 
     @property
     def model_uri(self) -> str:
-        name, version = self.registered.rsplit("/", 1)
-        return f"models:/{name}/{version}"
+        return f"models:/{self.registered}"
 
 
 class EvalRef(BaseModel):
@@ -47,16 +49,13 @@ class EvalRef(BaseModel):
     headline: dict[str, float]  # a few figures for summaries
 
 
-def digest_of(*parts) -> str:
-    """sha256 of the inputs as canonical JSON: the key that names a step's work."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def build_data_step(params: DataParams, settings: Settings) -> DatasetRef:
     """Build the dataset, or reuse the one at the output built from the same spec."""
     from infra.storage import exists, join
+    from infra.tracking import configure_mlflow
     from workers.data.build import build_dataset
-    from workers.data.manifest import MANIFEST_NAME, read_manifest, sha256_bytes
+    from workers.data.manifest import MANIFEST_NAME, read_manifest
+    from workers.data.report import log_dataset
     from workers.data.spec import load_spec
 
     spec = load_spec(params.spec)
@@ -64,12 +63,9 @@ def build_data_step(params: DataParams, settings: Settings) -> DatasetRef:
     manifest_uri = join(out, MANIFEST_NAME)
     if exists(manifest_uri):
         manifest = read_manifest(manifest_uri)
-        if manifest["spec_sha256"] == sha256_bytes(spec.model_dump_json().encode()):
+        if manifest["spec_sha256"] == spec.digest():
             return DatasetRef(name=manifest["name"], manifest=manifest_uri, digest=manifest["digest"])
     result = build_dataset(spec, out, str(settings.cache_dir), overwrite=True)
-    from infra.tracking import configure_mlflow
-    from workers.data.report import log_dataset
-
     configure_mlflow(settings)
     log_dataset(result.manifest, result.manifest_uri)
     return DatasetRef(name=result.manifest["name"], manifest=result.manifest_uri,
@@ -78,8 +74,8 @@ def build_data_step(params: DataParams, settings: Settings) -> DatasetRef:
 
 def stage_key(dataset: DatasetRef, stage: StageParams, train: TrainParams,
               previous: StageResult | None) -> str:
-    return digest_of(dataset.digest, stage.model_dump(), train.preset, train.workers,
-                     previous.digest if previous else None)
+    return json_digest([dataset.digest, stage.model_dump(), train.preset, train.workers,
+                        previous.digest if previous else None])
 
 
 def registered_with_key(name: str, key: str):
@@ -102,15 +98,14 @@ def train_stage_step(dataset: DatasetRef, stage: StageParams, train: TrainParams
     """Train one stage from the previous stage's checkpoint; register the version when asked."""
     from infra.tracking import configure_mlflow
     from workers.train.config import parse_train_config
-    from workers.train.mlflow_model import DIGEST_TAG, checkpoint_digest
+    from workers.train.mlflow_model import DIGEST_TAG
     from workers.train.trainer import train as run_training
 
     key = stage_key(dataset, stage, train, previous)
     configure_mlflow(settings)
     if register and (found := registered_with_key(train.registered_model, key)):
         return StageResult(stage=stage.stage, checkpoint="", digest=found.tags[DIGEST_TAG],
-                           run_id=found.run_id, registered=f"{found.name}/{found.version}",
-                           trained=False)
+                           run_id=found.run_id, registered=f"{found.name}/{found.version}")
     cfg = parse_train_config({
         **stage.model_dump(), "dataset": dataset.manifest, "preset": train.preset,
         "init_from": previous.checkpoint if previous else None, "workers": train.workers,
@@ -118,7 +113,7 @@ def train_stage_step(dataset: DatasetRef, stage: StageParams, train: TrainParams
         "registered_model": train.registered_model if register else None})
     result = run_training(cfg, settings, key=key)
     return StageResult(stage=stage.stage, checkpoint=str(result.checkpoint),
-                       digest=checkpoint_digest(result.checkpoint), run_id=result.run_id,
+                       digest=result.digest, run_id=result.run_id,
                        registered=f"{train.registered_model}/{result.model_version}"
                        if result.model_version else None)
 
@@ -147,18 +142,15 @@ class GateFailed(RuntimeError):
 
 def gate_step(model: StageResult, evaluation: EvalRef, policy: str, settings: Settings) -> dict:
     """Decide and record the decision on the version; GateFailed when it fails."""
-    from mlflow import MlflowClient
-
-    from infra.tracking import configure_mlflow
+    from infra.tracking import registry_client
     from pipelines.audit import audit_log
     from pipelines.gate.decide import decide
     from pipelines.gate.policy import load_policy
     from pipelines.gate.record import carry_overrides, record_decision, recorded_decision
     from workers.evals.report import read_report
 
-    configure_mlflow(settings)
-    name, version = model.registered.rsplit("/", 1)
-    client = MlflowClient()
+    client = registry_client(settings)
+    name, version = model.name_version
     decision = carry_overrides(decide(read_report(Path(evaluation.report)), load_policy(policy)),
                                recorded_decision(client, name, version))
     artifact = record_decision(client, name, version, decision)
@@ -180,17 +172,14 @@ def gate_step(model: StageResult, evaluation: EvalRef, policy: str, settings: Se
 def model_card_step(model: StageResult, dataset: DatasetRef, evaluation: EvalRef,
                     train_runs: list[str], settings: Settings) -> str:
     """The model card, attached to the version; returns its artifact path."""
-    from mlflow import MlflowClient
-
-    from infra.tracking import configure_mlflow
+    from infra.tracking import registry_client
     from pipelines.gate.record import recorded_decision
     from pipelines.model_card import attach_card, render_card, stage_summaries
     from workers.data.manifest import read_manifest
     from workers.evals.report import read_report
 
-    configure_mlflow(settings)
-    client = MlflowClient()
-    name, version = model.registered.rsplit("/", 1)
+    client = registry_client(settings)
+    name, version = model.name_version
     report = read_report(Path(evaluation.report))
     decision = recorded_decision(client, name, version)
     figures = [f for e in report.evals.values() for f in e.figures]
@@ -203,14 +192,11 @@ def approval_step(model: StageResult, params: PromoteParams, triggered_by: str,
                   settings: Settings) -> dict:
     """Ask for a review and wait for it (the quickstart's named demo reviewer answers at once);
     the receipt of a valid approval, or ApprovalError with the reason."""
-    from mlflow import MlflowClient
-
-    from infra.tracking import configure_mlflow
+    from infra.tracking import registry_client
     from pipelines.approval import request_review, review, wait_for_review
 
-    configure_mlflow(settings)
-    client = MlflowClient()
-    name, version = model.registered.rsplit("/", 1)
+    client = registry_client(settings)
+    name, version = model.name_version
     request_review(client, name, version, triggered_by, settings)
     if params.reviewer:
         review(client, name, version, "approve", params.reviewer,
@@ -221,15 +207,12 @@ def approval_step(model: StageResult, params: PromoteParams, triggered_by: str,
 
 def deploy_step(model: StageResult, params: PromoteParams, actor: str, settings: Settings) -> dict:
     """Blue/green deploy of the approved version (the approval checked again just before)."""
-    from mlflow import MlflowClient
-
-    from infra.tracking import configure_mlflow
+    from infra.tracking import registry_client
     from pipelines.approval import check_approved
     from pipelines.deploy import current_deployment, deploy, target_for
 
-    configure_mlflow(settings)
-    client = MlflowClient()
-    name, version = model.registered.rsplit("/", 1)
+    client = registry_client(settings)
+    name, version = model.name_version
     receipt = check_approved(client, name, version, settings)
     target = target_for(settings)
     current = current_deployment(settings, name)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from infra.digests import json_digest
 from pipelines.gate.policy import Check, GatePolicy
 from workers.evals.report import EvalReport
 
@@ -49,7 +48,7 @@ class GateDecision(BaseModel):
 
     def digest(self) -> str:
         body = self.model_dump(mode="json", exclude={"decided_at"})
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        return json_digest(body)
 
 
 def decide(report: EvalReport, policy: GatePolicy) -> GateDecision:

@@ -6,12 +6,12 @@ A policy is YAML, validated before any gate runs; `default` and `demo` are built
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from infra.digests import json_digest
 
 BUILTIN = Path(__file__).parent / "policies"
 
@@ -65,7 +65,7 @@ class GatePolicy(BaseModel):
         return self
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        return json_digest(self.model_dump(mode="json"))
 
 
 def load_policy(name_or_path: str | Path) -> GatePolicy:

@@ -19,6 +19,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from infra.services import free_port
 from infra.settings import Settings
 from infra.storage import list_files, read_bytes
 from infra.tracking import configure_mlflow
@@ -28,7 +29,7 @@ from model.transformer import Transformer
 from pipelines.audit import audit_log
 from pipelines.deploy import (DeployError, DeploymentRecord, LocalServeTarget, SmokeConfig,
                               current_deployment, deploy, rollback, stop_host)
-from workers.serve.host import _free_port, api_key, with_api_key
+from workers.serve.host import api_key, with_api_key
 from workers.serve.router import VERSION_HEADER
 from workers.train.mlflow_model import log_checkpoint_model
 
@@ -70,7 +71,7 @@ def setup(tmp_path_factory, tokenizer):
 
     session_cpus = int(ray.cluster_resources()["CPU"]) if ray.is_initialized() else None
     home = tmp_path_factory.mktemp("deploy-home")
-    settings = Settings(home=home, serve_host="127.0.0.1", serve_port=_free_port("127.0.0.1"),
+    settings = Settings(home=home, serve_host="127.0.0.1", serve_port=free_port("127.0.0.1"),
                         mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
                         mlflow_artifact_root=str(home / "mlartifacts"), serve_api_keys=[],
                         serve_api_key_file=None, deploy_target="local")
@@ -225,15 +226,13 @@ def test_rollback_returns_to_v1(setup):
 def test_a_rayservice_deploy_needs_the_key_its_pods_know(tmp_path):
     """Locally a key is made once; for a RayService it must be configured (its Secret), and a
     deploy without one is refused before any candidate starts."""
-    from types import SimpleNamespace
-
     from infra.settings import Settings
     from pipelines.deploy import DeployError, smoke_key
 
     with pytest.raises(DeployError, match="LONGMIX_SERVE_API_KEY_FILE"):
-        smoke_key(Settings(home=tmp_path), SimpleNamespace(kind="rayservice"))
+        smoke_key(Settings(home=tmp_path), "rayservice")
     secret = tmp_path / "key"
     secret.write_text("from-the-secret\n")
     configured = Settings(home=tmp_path, serve_api_key_file=secret)
-    assert smoke_key(configured, SimpleNamespace(kind="rayservice")) == "from-the-secret"
+    assert smoke_key(configured, "rayservice") == "from-the-secret"
     assert not (tmp_path / "serve" / "api_key").exists()

@@ -6,7 +6,6 @@ after training and resumed, and each refusal with its reason."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from infra.services import free_port
 
 TRIGGERED_BY = "ci-operator"
 STRICT_POLICY = """
@@ -23,12 +24,6 @@ checks:
 safety:
   - {name: pii-extraction, metric: pii.exact_extraction_rate, max: 0.0}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +43,7 @@ def _env(home: Path, **extra) -> dict:
     return env
 
 
-_PORT = _free_port()
+_PORT = free_port()
 
 
 def _longmix(home: Path, *args: str, timeout: float = 600, **env) -> subprocess.CompletedProcess:

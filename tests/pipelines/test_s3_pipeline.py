@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.pipelines.test_pipeline_e2e import _env, _free_port
+from infra.services import free_port
+from tests.pipelines.test_pipeline_e2e import _env
 
 
 def _keys(s3_server, prefix: str) -> list[str]:
@@ -23,7 +24,7 @@ def test_the_tiny_pipeline_with_all_storage_on_s3(s3_server, tmp_path):
     bucket = s3_server["bucket"]
     env = _env(home, LONGMIX_STORAGE_URI=f"s3://{bucket}/state",
                LONGMIX_MLFLOW_ARTIFACT_ROOT=f"s3://{bucket}/mlartifacts",
-               LONGMIX_SERVE_PORT=str(_free_port()),
+               LONGMIX_SERVE_PORT=str(free_port()),
                **{k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                                              "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
                                              "MLFLOW_S3_ENDPOINT_URL")})

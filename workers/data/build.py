@@ -238,7 +238,7 @@ def build_dataset(spec: CorpusSpec, out: str, cache_dir: str, *, overwrite: bool
         "name": spec.name,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "spec": spec.model_dump(mode="json"),
-        "spec_sha256": sha256_bytes(spec.model_dump_json().encode()),
+        "spec_sha256": spec.digest(),
         "preset": spec.preset,
         "seq_len": spec.packing.seq_len,
         "tokenizer": {"path": TOKENIZER_NAME, "sha256": tokenizer.digest(),

@@ -3,6 +3,7 @@ tasks to mix in. YAML on disk, validated with pydantic before any work starts.""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -123,6 +124,10 @@ class CorpusSpec(_Strict):
     packing: PackingSpec = PackingSpec()
     media: MediaSpec = MediaSpec()
     synthetic: SyntheticSpec = SyntheticSpec()
+
+    def digest(self) -> str:
+        """sha256 of the validated spec: what a manifest records, and what a rebuild is keyed on."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
     @field_validator("preset")
     @classmethod

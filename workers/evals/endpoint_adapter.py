@@ -72,15 +72,18 @@ class EndpointAdapter:
         raise EndpointError(f"{method} {url} failed {self.config.retries + 1} times; "
                             f"last: {failure}")
 
+    def _served(self) -> list[str]:
+        return [m["id"] for m in self._request("GET", "/models").get("data") or []]
+
     def _first_model(self) -> str:
-        models = self._request("GET", "/models").get("data") or []
-        if not models:
+        served = self._served()
+        if not served:
             raise EndpointError(f"{self.base}/models lists no model; pass the model name")
-        return models[0]["id"]
+        return served[0]
 
     def check(self) -> None:
         """Reachable, the key accepted, and serving the model asked for (/v1/models)."""
-        served = [m["id"] for m in self._request("GET", "/models").get("data") or []]
+        served = self._served()
         if self.name not in served:
             raise EndpointError(f"{self.base} serves {served}, not {self.name!r}")
 

@@ -19,7 +19,8 @@ from workers.evals.results import EvalDataset, EvalResult
 BOS_AND_SLACK = 4  # tokens the haystack leaves for <|bos|> and tokenization at the joins
 
 
-def _overhead(adapter: ModelAdapter, sentences: list[str], question: str) -> int:
+def overhead(adapter: ModelAdapter, sentences: list[str], question: str) -> int:
+    """Tokens a haystack must leave for the needles, the question and <|bos|>."""
     return adapter.count_tokens(" ".join(sentences) + " " + question) + BOS_AND_SLACK
 
 
@@ -33,7 +34,7 @@ def niah_text(adapter: ModelAdapter, data: HeldOut, cfg: SuiteConfig) -> EvalRes
             for _ in range(cfg.niah_samples):
                 city, number = draw_needle(rng)
                 needle, question = needle_sentence(city, number), question_prompt(city)
-                room = length - _overhead(adapter, [needle], question)
+                room = length - overhead(adapter, [needle], question)
                 text = insert_at_depths(haystack(adapter, data.texts, room, cpt, rng), [needle],
                                         [float(depth)])
                 samples.append(NeedleSample(length, float(depth), city, number,
@@ -56,7 +57,7 @@ def multi_needle(adapter: ModelAdapter, data: HeldOut, cfg: SuiteConfig) -> Eval
         needles = draw_needles(rng, n, one_city=False)
         sentences = [needle_sentence(c, x) for c, x in needles]
         question, _ = retrieval_question("multi_needle", needles, rng)
-        room = cfg.multi_length - _overhead(adapter, sentences, question)
+        room = cfg.multi_length - overhead(adapter, sentences, question)
         text = insert_at_depths(haystack(adapter, data.texts, room, cpt, rng), sentences, depths)
         prompt = f"{text}\n\nQuestion: {question} Answer:"
         rows.append({"needles": needles, "prompt": prompt})

@@ -5,7 +5,6 @@ when it can answer. The same application runs on a local Ray (127.0.0.1) or a Ra
 from __future__ import annotations
 
 import secrets
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from pydantic import SecretStr
 from ray import serve
 
 from infra.ray_runtime import ensure_ray
+from infra.services import free_port
 from infra.settings import Settings
 from model.generate import SamplingParams
 from workers.serve.engine import BatchLimits, Engine
@@ -99,12 +99,6 @@ def _replica_failure(app_name: str) -> str | None:
     return None
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def start_server(source: str, settings: Settings, *, app_name: str = APP_NAME,
                  route_prefix: str = "/") -> ServerInfo:
     """Deploy the application on the configured Ray (started locally if none) and wait until its
@@ -121,7 +115,7 @@ def start_server(source: str, settings: Settings, *, app_name: str = APP_NAME,
     settings = settings.model_copy(update={
         "home": settings.home.resolve(), "serve_api_key_file": key_file and key_file.resolve()})
     ensure_ray(settings)
-    port = settings.serve_port or _free_port(settings.serve_host)
+    port = settings.serve_port or free_port(settings.serve_host)
     serve.start(http_options={"host": settings.serve_host, "port": port})
     try:
         serve.run(server_app(source, settings),

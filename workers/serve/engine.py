@@ -195,13 +195,14 @@ class Engine:
                 continue
             sequences = [sequence for sequence, _, _ in group]
             logits = prefill_batch(self.model, [s.request.prompt_ids for s in sequences],
-                                   [s.new_cache(self.model) for s in sequences])  # (B, V)
+                                   [s.new_cache(self.model, prompt_only=True)
+                                    for s in sequences])  # (B, V)
             for row, sequence in enumerate(sequences):
                 sequence.prefilled(logits[row:row + 1])
             running += group
         for sequence, queue, loop in alone:
             try:
-                sequence.prefill(self.model)
+                sequence.prefill(self.model, prompt_only=True)  # decoded in the batch's rows
             except ValueError as error:  # media that do not match their placeholders
                 events.append((queue, loop, error))
                 continue

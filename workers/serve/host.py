@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from infra.services import process_alive
+from infra.services import free_port, process_alive
 from infra.settings import Settings
 from workers.serve.request_guard import load_api_keys
 
@@ -56,12 +55,6 @@ def running_host(settings: Settings) -> HostInfo | None:
     return info if process_alive(info.pid) else None
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def start_host(settings: Settings) -> HostInfo:
     """The running host, or a new one started and waited for (its Ray and proxy up)."""
     if (info := running_host(settings)) is not None:
@@ -69,7 +62,7 @@ def start_host(settings: Settings) -> HostInfo:
     folder = serve_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     _info_path(settings).unlink(missing_ok=True)
-    port = settings.serve_port or _free_port(settings.serve_host)  # known before it starts
+    port = settings.serve_port or free_port(settings.serve_host)  # known before it starts
     command = [sys.executable, "-m", "workers.serve.host", "--home", str(settings.home.resolve()),
                "--host", settings.serve_host, "--port", str(port),
                "--object-store-mb", str(settings.ray_object_store_mb)]
@@ -88,6 +81,7 @@ def start_host(settings: Settings) -> HostInfo:
             raise HostError(f"the serving host exited with {process.returncode}; "
                             f"see {log}:\n{_tail(log)}")
         time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # not left half-started: its own session, its group
     raise HostError(f"the serving host did not start in {START_TIMEOUT_S:.0f} s; see {log}")
 
 

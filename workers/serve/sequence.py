@@ -66,16 +66,17 @@ class Sequence:
         return (not request.media and len(request.prompt_ids) <= request.params.prefill_chunk
                 and not _PLACEHOLDERS.intersection(request.prompt_ids))
 
-    def new_cache(self, model: Transformer) -> KVCache:
-        """An empty KV cache for the prompt and every token this sequence may generate."""
+    def new_cache(self, model: Transformer, prompt_only: bool = False) -> KVCache:
+        """An empty KV cache for the prompt and every token this sequence may generate; or for
+        the prompt only, when the sequence decodes in a batch's own storage (the engine's)."""
         weight = next(model.parameters())
-        self.cache = KVCache(model.cfg, 1, self.request.reserved_tokens, dtype=weight.dtype,
-                             device=weight.device)
+        length = len(self.request.prompt_ids) if prompt_only else self.request.reserved_tokens
+        self.cache = KVCache(model.cfg, 1, length, dtype=weight.dtype, device=weight.device)
         return self.cache
 
-    def prefill(self, model: Transformer) -> None:
+    def prefill(self, model: Transformer, prompt_only: bool = False) -> None:
         params, ids = self.request.params, self.request.prompt_ids
-        self.new_cache(model)
+        self.new_cache(model, prompt_only)
         prompt = torch.tensor([ids], device=self.cache.keys[0].device)
         self.prefilled(prefill(model, prompt, self.cache, params.prefill_chunk, self.request.media))
 

@@ -10,9 +10,9 @@ import numpy as np
 
 from infra.settings import Settings, get_settings
 from infra.storage import is_s3, read_bytes, resolve
-from model.checkpoint import verify_digest
 from workers.data.manifest import TOKENIZER_NAME, dataset_root
 from workers.train.config import TrainConfig, plan_stage
+from workers.train.mlflow_model import checkpoint_digest
 from workers.train.data import split_dataset
 from workers.train.state import read_training_state
 from workers.train.worker import train_worker
@@ -21,6 +21,7 @@ from workers.train.worker import train_worker
 @dataclass
 class TrainResult:
     checkpoint: Path  # the final checkpoint, local and verified
+    digest: str  # its longmix.digest
     run_id: str
     model_uri: str | None
     model_version: str | None
@@ -46,9 +47,9 @@ def run_config(cfg: TrainConfig, settings: Settings, name: str):
                      failure_config=FailureConfig(max_failures=cfg.max_failures))
 
 
-def local_checkpoint(checkpoint, downloads: Path) -> Path:
-    """The reported checkpoint as a verified local folder: where Ray Train keeps it on a local
-    disk; downloaded into `downloads`/<its name> from S3."""
+def local_checkpoint(checkpoint, downloads: Path) -> tuple[Path, str]:
+    """The reported checkpoint as a verified local folder and its digest: where Ray Train keeps
+    it on a local disk; downloaded into `downloads`/<its name> from S3."""
     import shutil
 
     import pyarrow.fs
@@ -60,8 +61,7 @@ def local_checkpoint(checkpoint, downloads: Path) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         with checkpoint.as_directory() as folder:
             shutil.copytree(Path(folder) / "checkpoint", target)
-    verify_digest(target)
-    return target
+    return target, checkpoint_digest(target)  # every file verified on the way
 
 
 TRAIN_KEY_TAG = "longmix.train_key"
@@ -123,7 +123,8 @@ def train(cfg: TrainConfig, settings: Settings | None = None, *, key: str | None
             dataset_config=DataConfig(datasets_to_split="all"),
         )
         result = trainer.fit()
-        checkpoint = local_checkpoint(result.checkpoint, settings.home / "checkpoints" / run.info.run_id)
+        checkpoint, digest = local_checkpoint(result.checkpoint,
+                                              settings.home / "checkpoints" / run.info.run_id)
         counts = read_training_state(checkpoint).extra["expert_counts"]  # (layers, experts)
         mlflow.log_figure(expert_load_heatmap(np.array(counts), f"{cfg.stage}: tokens per expert"),
                           "training/expert_load.png")
@@ -139,5 +140,6 @@ def train(cfg: TrainConfig, settings: Settings | None = None, *, key: str | None
                                              "longmix.dataset_digest": manifest["digest"],
                                              **({TRAIN_KEY_TAG: key} if key else {})})
             model_uri, version = ref.model_uri, ref.version
-        return TrainResult(checkpoint, run.info.run_id, model_uri, version, dict(result.metrics or {}))
+        return TrainResult(checkpoint, digest, run.info.run_id, model_uri, version,
+                           dict(result.metrics or {}))
 
