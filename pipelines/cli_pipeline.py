@@ -14,21 +14,24 @@ from rich.table import Table
 console = Console()
 flows_app = typer.Typer(help="Prefect deployments of the flows", no_args_is_help=True)
 
-STEPS = ("build dataset", "train", "evaluate", "gate", "model card", "approval", "deploy")
+AFTER_TRAINING = ("record lineage", "evaluate", "gate", "model card", "approval", "deploy")
 STYLE = {"waiting": "dim", "running": "yellow", "completed": "green", "cached": "cyan",
          "failed": "red"}
 
 
 class StepBoard:
-    """Each step's state and time, drawn as a table while the flow runs."""
+    """Each step's state and time, drawn as a table while the flow runs: a dataset and a training
+    row per stage, then the steps after training."""
 
-    def __init__(self):
-        self.state = {s: "waiting" for s in STEPS}
+    def __init__(self, stages: list[str]):
+        from pipelines.progress import dataset_step, train_step
+
+        self.steps = [f(s) for s in stages for f in (dataset_step, train_step)] + list(AFTER_TRAINING)
+        self.state = {s: "waiting" for s in self.steps}
         self.started: dict[str, float] = {}
         self.seconds: dict[str, float] = {}
 
-    def on_event(self, name: str, event: str) -> None:
-        step = "train" if name.startswith("train") else name
+    def on_event(self, step: str, event: str) -> None:
         if event == "running":
             self.started.setdefault(step, time.monotonic())
         elif step in self.started:
@@ -37,7 +40,7 @@ class StepBoard:
 
     def table(self) -> Table:
         table = Table(title="longmix run", show_header=False)
-        for step in STEPS:
+        for step in self.steps:
             state = self.state[step]
             elapsed = self.seconds.get(step) or (time.monotonic() - self.started[step]
                                                  if step in self.started else None)
@@ -93,9 +96,14 @@ def print_summary(result: dict, settings, api_url: str, mlflow_url: str, flow_ru
     table = Table(title=f"longmix run: done in {seconds / 60:.1f} min", show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
+    lineage = result["lineage"]
     rows = [("model version", f"{name} version {version} (digest {model['digest'][:12]}…)"),
             ("MLflow", f"{mlflow_url}/#/models/{name}/versions/{version}"),
             ("Prefect", f"{api_url.removesuffix('/api')}/runs/flow-run/{flow_run_id}")]
+    rows += [(f"stage {s['stage']}", stage_line(s)) for s in lineage["stages"]]
+    rows.append(("lineage", f"{len(lineage['stages'])} stages chained by checkpoint digest "
+                            f"(longmix.lineage {lineage['digest'][:12]}…); evaluated on "
+                            f"{result['eval_dataset']['name']}"))
     rows += [(f"eval {k}", f"{v:.4g}") for k, v in result["evaluation"]["headline"].items()]
     gate = result["gate"]
     rows.append(("gate", f"{gate['status']} ({gate['policy']} policy, "
@@ -119,6 +127,13 @@ def print_summary(result: dict, settings, api_url: str, mlflow_url: str, flow_ru
                       f"$(cat {key})\" -H 'Content-Type: application/json' -d '{{\"model\": "
                       f"\"{name}\", \"prompt\": \"def fibonacci(n):\", \"max_tokens\": 32}}'",
                       highlight=False, soft_wrap=True, markup=False)
+
+
+def stage_line(stage: dict) -> str:
+    """A training stage in the summary: its dataset, steps, time and final loss."""
+    line = (f"{stage['dataset']} ({stage['seq_len']} tokens a row), {stage['steps']} steps"
+            + ("" if stage["minutes"] is None else f", {stage['minutes']:.1f} min"))
+    return line + ("" if stage["loss"] is None else f", loss {stage['loss']:.4g}")
 
 
 def run(
@@ -157,7 +172,8 @@ def run(
     console.print(f"Prefect {api_url.removesuffix('/api')}   MLflow {mlflow_url}   "
                   f"state under {settings.home.resolve()}", highlight=False)
     started = time.monotonic()
-    state = run_pipeline(params, settings, api_url, board := StepBoard())
+    state = run_pipeline(params, settings, api_url,
+                         board := StepBoard([s.stage for s in params.train.stages]))
     flow_run_id = str(state.state_details.flow_run_id)
     if not state.is_completed():
         failed = [s for s, v in board.state.items() if v == "failed"]

@@ -18,10 +18,12 @@ from infra.digests import json_digest
 from infra.settings import get_settings
 from pipelines import progress
 from pipelines.params import (DataParams, EvalParams, PipelineParams, PromoteParams, StageParams,
-                              TrainParams, dataset_out)
-from pipelines.steps import (DatasetRef, EvalRef, StageResult, approval_step, build_data_step,
-                             deploy_step, evaluate_step, gate_step, model_card_step,
-                             stage_key, train_stage_step)
+                              TrainParams)
+from pipelines.steps import (DatasetRef, EvalRef, RecordedLineage, StageResult, TrainedChain,
+                             TrainedStage, approval_step, build_data_step, checkpoint_tokenizer,
+                             data_key, deploy_step, evaluate_step, gate_step, lineage_step,
+                             model_card_step, stage_key, train_stage_step)
+from workers.data.spec import TokenizerSpec
 
 FLOW_RUN_TAG = "longmix.prefect_flow_run"
 
@@ -115,11 +117,7 @@ def step(name: str, cache_key_fn=None, retries: int = 2):
 # --- tasks: one per step ---------------------------------------------------------------------
 
 def _data_key(context, p) -> str:
-    from workers.data.spec import load_spec
-
-    spec = load_spec(p["params"].spec)
-    out = dataset_out(p["params"], spec.name, get_settings().storage_root)
-    return "data-" + json_digest([spec.digest(), out])
+    return "data-" + data_key(p["params"], p["tokenizer"], get_settings().storage_root)
 
 
 def _stage_key(context, p) -> str:
@@ -140,14 +138,19 @@ def _eval_key(context, p) -> str:
 
 
 @step("build dataset", cache_key_fn=_data_key)
-def build_dataset(params: DataParams) -> DatasetRef:
-    return build_data_step(params, get_settings())
+def build_dataset(params: DataParams, tokenizer: TokenizerSpec | None = None) -> DatasetRef:
+    return build_data_step(params, tokenizer, get_settings())
 
 
 @step("train stage", cache_key_fn=_stage_key)
 def train_stage(dataset: DatasetRef, stage: StageParams, train: TrainParams,
                 previous: StageResult | None, register: bool) -> StageResult:
     return train_stage_step(dataset, stage, train, previous, register, get_settings())
+
+
+@step("record lineage")
+def record_lineage(stages: list[TrainedStage]) -> RecordedLineage:
+    return lineage_step(stages, get_settings())
 
 
 @step("evaluate", cache_key_fn=_eval_key)
@@ -161,8 +164,8 @@ def gate(model: StageResult, evaluation: EvalRef, policy: str) -> dict:
 
 
 @step("model card")
-def model_card(model: StageResult, dataset: DatasetRef, evaluation: EvalRef, train_runs: list[str]) -> str:
-    return model_card_step(model, dataset, evaluation, train_runs, get_settings())
+def model_card(chain: TrainedChain, evaluation: EvalRef) -> str:
+    return model_card_step(chain, evaluation, get_settings())
 
 
 @step("approval", retries=0)
@@ -188,14 +191,24 @@ def build_data(params: DataParams = DataParams()) -> DatasetRef:
 
 
 @flow(name="train", **HOOKS)
-def train(dataset: DatasetRef, params: TrainParams) -> list[StageResult]:
-    """Train the stages in order, each from the previous one's weights; register the last."""
-    results: list[StageResult] = []
+def train(data: DataParams, params: TrainParams) -> TrainedChain:
+    """Train the stages in order, each on its own dataset (`data` where it names none) from the
+    previous stage's weights; register the last and record the chain on its version."""
+    first_data = params.stages[0].data or data
+    stages: list[TrainedStage] = []
     for i, stage in enumerate(params.stages):
-        results.append(train_stage.with_options(name=f"train {stage.stage}")(
-            dataset, stage, params, results[-1] if results else None,
-            register=i == len(params.stages) - 1))
-    return results
+        stage_data = stage.data or data
+        previous = stages[-1] if stages else None
+        # a later stage's dataset is tokenized with the checkpoint it starts from, so its token
+        # ids mean what the model learnt; the first stage's dataset already is (it made it)
+        tokenizer = None if stage_data == first_data else checkpoint_tokenizer(previous)
+        dataset = build_dataset.with_options(name=progress.dataset_step(stage.stage))(
+            stage_data, tokenizer)
+        result = train_stage.with_options(name=progress.train_step(stage.stage))(
+            dataset, stage, params, previous.result if previous else None,
+            register=i == len(params.stages) - 1)
+        stages.append(TrainedStage(params=stage, dataset=dataset, result=result))
+    return TrainedChain(stages=stages, lineage=record_lineage(stages))
 
 
 @flow(name="evaluate", **HOOKS)
@@ -205,11 +218,12 @@ def evaluate(model: StageResult, dataset: DatasetRef, params: EvalParams = EvalP
 
 
 @flow(name="promote", **HOOKS)
-def promote(model: StageResult, dataset: DatasetRef, evaluation: EvalRef, params: PromoteParams,
-            triggered_by: str, train_runs: list[str], deploy_model: bool = True) -> dict:
+def promote(chain: TrainedChain, evaluation: EvalRef, params: PromoteParams, triggered_by: str,
+            deploy_model: bool = True) -> dict:
     """Gate → model card → a reviewer's approval → blue/green deploy."""
+    model = chain.model
     decision = gate(model, evaluation, params.policy)
-    card = model_card(model, dataset, evaluation, train_runs)
+    card = model_card(chain, evaluation)
     receipt = approval(model, params, triggered_by)
     deployment = deploy(model, params, triggered_by) if deploy_model else None
     return {"gate": decision, "model_card": card, "approval": receipt, "deployment": deployment}
@@ -217,13 +231,13 @@ def promote(model: StageResult, dataset: DatasetRef, evaluation: EvalRef, params
 
 @flow(name="train_eval_deploy", **HOOKS)
 def train_eval_deploy(params: PipelineParams) -> dict:
-    """The whole pipeline: data → train → eval → gate → approval → deploy."""
+    """The whole pipeline: data → train, stage by stage → eval → gate → approval → deploy."""
     triggered_by = params.triggered_by or get_settings().username
-    dataset = build_data(params.data)
-    stages = train(dataset, params.train)
-    model = stages[-1]
-    evaluation = evaluate(model, dataset, params.eval)
-    promotion = promote(model, dataset, evaluation, params.promote, triggered_by,
-                        [s.run_id for s in stages], deploy_model=params.deploy == "yes")
-    return {"dataset": dataset.model_dump(), "model": model.model_dump(),
-            "evaluation": evaluation.model_dump(), **promotion}
+    chain = train(params.data, params.train)
+    dataset = chain.eval_dataset(params.eval.dataset_stage)
+    evaluation = evaluate(chain.model, dataset, params.eval)
+    promotion = promote(chain, evaluation, params.promote, triggered_by,
+                        deploy_model=params.deploy == "yes")
+    return {"model": chain.model.model_dump(), "lineage": chain.lineage.model_dump(),
+            "eval_dataset": dataset.model_dump(), "evaluation": evaluation.model_dump(),
+            **promotion}

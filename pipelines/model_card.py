@@ -1,15 +1,26 @@
-"""The model card of a registered version: what was trained on what, the eval results with their
-plots, and the gate's outcome, as markdown attached to the version (an artifact of its run, with
-the plots beside it, and the version's description, which the MLflow UI renders)."""
+"""The model card of a registered version: the chain of training stages (its lineage) and the
+datasets they trained on, the eval results with their plots, and the gate's outcome, as markdown
+attached to the version (an artifact of its run, with the plots beside it, and the version's
+description, which the MLflow UI renders)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from pipelines.gate.decide import GateDecision
+from pipelines.lineage import Lineage, StageRecord
 from workers.evals.report import EvalReport
 
 CARD_FOLDER = "model_card"
+
+
+class StageSummary(StageRecord):
+    """A stage of the lineage with what its MLflow run measured: for the card and the summary."""
+
+    minutes: float | None  # wall time of its run
+    loss: float | None  # final training loss
+    val_loss: float | None
+    tokens_per_s: float | None
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
@@ -22,25 +33,40 @@ def _figure(value: float | None) -> str:
     return "—" if value is None else f"{value:.4g}"
 
 
-def render_card(name: str, version: str, digest: str, manifest: dict, stages: list[dict],
-                report: EvalReport, decision: GateDecision, figures: list[str]) -> str:
-    """`stages`: per training stage, its name, steps and final metrics (from MLflow)."""
-    lines = [f"# {name} version {version}", "",
-             f"- checkpoint digest (`longmix.digest`): `{digest}`",
-             f"- gate: **{decision.status}** under policy `{decision.policy}`",
-             f"- eval report digest: `{report.digest}`", "",
-             "## Training", "",
-             f"Dataset `{manifest['name']}` (manifest digest `{manifest['digest']}`, preset "
+def _short(digest: str | None) -> str:
+    return "—" if digest is None else f"`{digest[:12]}`"
+
+
+def _dataset_lines(manifest: dict) -> list[str]:
+    lines = [f"Dataset `{manifest['name']}` (manifest digest `{manifest['digest']}`, preset "
              f"`{manifest['preset']}`, sequences of {manifest['seq_len']} tokens):", ""]
     lines += _table(("source", "modality", "reader"),
                     [(s["name"], s["modality"], s["reader"]) for s in manifest["spec"]["sources"]])
     lines += [""] + _table(("split", "rows", "tokens"),
                            [(split, info["rows"], f"{sum(info['tokens'].values()):,}")
                             for split, info in manifest["splits"].items()])
-    lines += ["", "Stages, in order:", ""]
-    lines += _table(("stage", "steps", "loss", "validation loss", "tokens/s", "MLflow run"),
-                    [(s["stage"], s["steps"], _figure(s.get("loss")), _figure(s.get("val_loss")),
-                      _figure(s.get("tokens_per_s")), f"`{s['run_id']}`") for s in stages])
+    return lines
+
+
+def render_card(name: str, version: str, digest: str, lineage_digest: str,
+                stages: list[StageSummary], manifests: list[dict], report: EvalReport,
+                decision: GateDecision, figures: list[str]) -> str:
+    """`stages`: the lineage, in order; `manifests`: the datasets the stages trained on, each once."""
+    lines = [f"# {name} version {version}", "",
+             f"- checkpoint digest (`longmix.digest`): `{digest}`",
+             f"- lineage digest (`longmix.lineage`): `{lineage_digest}`",
+             f"- gate: **{decision.status}** under policy `{decision.policy}`",
+             f"- eval report digest: `{report.digest}`", "",
+             "## Training", "",
+             "Stages, in order, each from the previous stage's checkpoint (digests shortened):", ""]
+    lines += _table(("stage", "dataset", "seq_len", "steps", "loss", "validation loss", "minutes",
+                     "tokens/s", "from checkpoint", "checkpoint", "tokenizer", "MLflow run"),
+                    [(s.stage, f"`{s.dataset}` {_short(s.dataset_digest)}", s.seq_len, s.steps,
+                      _figure(s.loss), _figure(s.val_loss), _figure(s.minutes),
+                      _figure(s.tokens_per_s), _short(s.init_digest), _short(s.checkpoint_digest),
+                      _short(s.tokenizer_sha256), f"`{s.run_id}`") for s in stages])
+    for manifest in manifests:
+        lines += [""] + _dataset_lines(manifest)
     champion = {c.metric: c for c in report.comparison}
     lines += ["", f"## Evaluation (suite `{report.suite['name']}`)", ""]
     lines += _table(("metric", "value", "samples", "dataset", "champion", "regressed"),
@@ -59,14 +85,16 @@ def render_card(name: str, version: str, digest: str, manifest: dict, stages: li
     return "\n".join(lines) + "\n"
 
 
-def stage_summaries(client, train_runs: list[str]) -> list[dict]:
-    """Each training stage's name, steps and final metrics, from its MLflow run."""
+def stage_summaries(client, lineage: Lineage) -> list[StageSummary]:
+    """Each stage of the lineage with its run's wall time and final metrics, from MLflow."""
     out = []
-    for run_id in train_runs:
-        run = client.get_run(run_id)
-        out.append({"stage": run.data.tags.get("longmix.stage", "?"),
-                    "steps": run.data.params.get("steps", "?"), "run_id": run_id,
-                    **{k: run.data.metrics.get(k) for k in ("loss", "val_loss", "tokens_per_s")}})
+    for record in lineage.stages:
+        run = client.get_run(record.run_id)
+        minutes = ((run.info.end_time - run.info.start_time) / 60_000 if run.info.end_time
+                   else None)
+        out.append(StageSummary(**record.model_dump(), minutes=minutes,
+                                **{k: run.data.metrics.get(k)
+                                   for k in ("loss", "val_loss", "tokens_per_s")}))
     return out
 
 

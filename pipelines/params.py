@@ -1,5 +1,8 @@
 """The flows' parameters, typed and validated before any work starts, and the named profiles:
-`demo` (the quickstart, `make run`) and `tiny` (the tests' end-to-end run)."""
+`demo` (the quickstart, `make run`) and `tiny` (the tests' end-to-end run).
+
+A profile trains its stages in order (pretrain → long_context → sft), each on its own dataset
+(`StageParams.data`; none: the profile's general `data`) and from the previous stage's weights."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pipelines.gate.policy import PolicyError, load_policy
 from pipelines.smoke import SmokeConfig
+from workers.data.spec import SpecError, load_spec
 from workers.evals.config import SUITES, get_suite
 from workers.train.config import Stage
 
@@ -26,6 +30,7 @@ class DataParams(Params):
 class StageParams(Params):
     stage: Stage
     steps: int = Field(ge=1)
+    data: DataParams | None = None  # None: the profile's general dataset (PipelineParams.data)
     batch_size: int = Field(2, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -45,6 +50,10 @@ class TrainParams(Params):
     def _stage_order(cls, stages: tuple[StageParams, ...]) -> tuple[StageParams, ...]:
         if stages[0].stage != "pretrain":
             raise ValueError("the first stage must be pretrain: later stages start from its weights")
+        names = [s.stage for s in stages]
+        if len(set(names)) < len(names):
+            raise ValueError(f"each stage once: {' → '.join(names)} (the lineage and "
+                             "eval.dataset_stage name stages)")
         return stages
 
 
@@ -52,6 +61,9 @@ class EvalParams(Params):
     suite: str = "demo"
     evals: tuple[str, ...] | None = None  # a subset of the suite's evals; None: all of them
     safety_data: Path | None = None  # public safety sets laid out as ../shared/data/safety
+    # whose dataset the evals read (its test split, its canaries); None: the stage packed longest,
+    # so that perplexity-vs-position reaches the extended context
+    dataset_stage: Stage | None = None
 
     @model_validator(mode="after")
     def _known_suite(self) -> "EvalParams":
@@ -94,6 +106,36 @@ class PipelineParams(Params):
     triggered_by: str | None = None  # None: the settings' user (LONGMIX_USER or the OS user)
     deploy: Literal["yes", "no"] = "yes"
 
+    @model_validator(mode="after")
+    def _stages_fit(self) -> "PipelineParams":
+        """The stages' lengths, read from their corpus specs, refused before any stage runs (the
+        rules plan_stage applies to the built datasets, which a later stage reaches only after
+        the earlier ones trained)."""
+        context = 0  # the model's context after the stages so far
+        for i, stage in enumerate(self.train.stages):
+            data = stage.data or self.data
+            field = f"train.stages[{i}].data ({stage.stage}, spec {data.spec!r})"
+            try:
+                length = load_spec(data.spec).packing.seq_len
+            except SpecError as e:
+                raise ValueError(f"{field}: {e}") from None
+            if stage.seq_len not in (None, length):
+                raise ValueError(f"train.stages[{i}].seq_len={stage.seq_len}: its dataset packs "
+                                 f"rows of {length} tokens")
+            if stage.stage == "long_context" and length <= context:
+                raise ValueError(f"{field}: packs rows of {length} tokens, not longer than the "
+                                 f"{context} the model is trained at before it; give the stage a "
+                                 "dataset packed longer (packing.seq_len)")
+            if stage.stage != "long_context" and context and length > context:
+                raise ValueError(f"{field}: packs rows of {length} tokens, beyond the model's "
+                                 f"context of {context}: extend it with a long_context stage first")
+            context = max(context, length)
+        names = [s.stage for s in self.train.stages]
+        if self.eval.dataset_stage and self.eval.dataset_stage not in names:
+            raise ValueError(f"eval.dataset_stage={self.eval.dataset_stage}: not one of the "
+                             f"trained stages ({', '.join(names)})")
+        return self
+
 
 PROFILES: dict[str, PipelineParams] = {
     # within 10 minutes on 2 CPUs: a 100-step pretrain of the `small` preset and the demo
@@ -106,12 +148,16 @@ PROFILES: dict[str, PipelineParams] = {
         eval=EvalParams(suite="demo", evals=("perplexity", "niah_text", "multi_needle", "refusal",
                                              "toxicity", "injection", "pii")),
         promote=PromoteParams(policy="demo", reviewer="demo-reviewer")),
-    # the tests' whole pipeline in about a minute of compute
+    # the tests' whole pipeline, all three stages, each a few seconds of training
     "tiny": PipelineParams(
         profile="tiny",
         data=DataParams(spec="tiny"),
-        train=TrainParams(stages=(StageParams(stage="pretrain", steps=4, batch_size=2,
-                                              checkpoint_every=4, eval_every=4),)),
+        train=TrainParams(stages=(
+            StageParams(stage="pretrain", steps=4, batch_size=2, checkpoint_every=4, eval_every=4),
+            StageParams(stage="long_context", data=DataParams(spec="tiny-long"), steps=2,
+                        batch_size=1, checkpoint_every=2, eval_every=2),
+            StageParams(stage="sft", data=DataParams(spec="tiny-sft"), steps=2, batch_size=2,
+                        checkpoint_every=2, eval_every=2))),
         eval=EvalParams(suite="tiny", evals=("perplexity", "niah_text", "toxicity", "pii")),
         promote=PromoteParams(policy="demo", reviewer="demo-reviewer")),
 }

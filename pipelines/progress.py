@@ -10,6 +10,15 @@ Listener = Callable[[str, str], None]  # (step name, "running" | "completed" | "
 _listeners: list[Listener] = []
 
 
+def dataset_step(stage: str) -> str:
+    """The name of the step that builds a training stage's dataset (and of its progress row)."""
+    return f"dataset {stage}"
+
+
+def train_step(stage: str) -> str:
+    return f"train {stage}"
+
+
 def listen(listener: Listener) -> Callable[[], None]:
     """Add a listener; returns the function that removes it."""
     _listeners.append(listener)

@@ -15,14 +15,24 @@ from pydantic import BaseModel
 
 from infra.digests import json_digest
 from infra.settings import Settings
+from pipelines.lineage import Lineage, StageRecord, read_lineage, record_lineage
+from pipelines.model_card import StageSummary, attach_card, render_card, stage_summaries
 from pipelines.params import (DataParams, EvalParams, PromoteParams, StageParams, TrainParams,
                               dataset_out)
+from workers.data.spec import CorpusSpec, TokenizerSpec
 
 
 class DatasetRef(BaseModel):
     name: str
     manifest: str  # manifest.json URI
     digest: str
+    seq_len: int  # tokens per packed row
+    tokenizer_sha256: str
+
+    @classmethod
+    def of(cls, manifest: dict, uri: str) -> "DatasetRef":
+        return cls(name=manifest["name"], manifest=uri, digest=manifest["digest"],
+                   seq_len=manifest["seq_len"], tokenizer_sha256=manifest["tokenizer"]["sha256"])
 
 
 class StageResult(BaseModel):
@@ -42,6 +52,38 @@ class StageResult(BaseModel):
         return f"models:/{self.registered}"
 
 
+class TrainedStage(BaseModel):
+    """One stage of the chain: its parameters, the dataset it trained on, what it produced."""
+
+    params: StageParams
+    dataset: DatasetRef
+    result: StageResult
+
+
+class RecordedLineage(BaseModel):
+    digest: str  # the longmix.lineage tag
+    artifact: str  # the lineage JSON, beside the version's run
+    stages: list[StageSummary]
+
+
+class TrainedChain(BaseModel):
+    """The stages in order, the last one registered, and the lineage recorded on its version."""
+
+    stages: list[TrainedStage]
+    lineage: RecordedLineage
+
+    @property
+    def model(self) -> StageResult:
+        return self.stages[-1].result
+
+    def eval_dataset(self, stage: str | None) -> DatasetRef:
+        """The named stage's dataset; None: the one packed longest (on a tie, the earlier
+        stage's: the general corpus rather than chat examples)."""
+        if stage:
+            return next(s.dataset for s in self.stages if s.params.stage == stage)
+        return max(self.stages, key=lambda s: s.dataset.seq_len).dataset
+
+
 class EvalRef(BaseModel):
     report: str  # report.json
     digest: str
@@ -49,33 +91,67 @@ class EvalRef(BaseModel):
     headline: dict[str, float]  # a few figures for summaries
 
 
-def build_data_step(params: DataParams, settings: Settings) -> DatasetRef:
-    """Build the dataset, or reuse the one at the output built from the same spec."""
+def dataset_spec(params: DataParams, tokenizer: TokenizerSpec | None) -> CorpusSpec:
+    """The spec a dataset is built from; `tokenizer` (a later stage's: its init checkpoint's)
+    replaces the spec's own, so the dataset's token ids mean what the model learnt."""
+    from workers.data.spec import load_spec
+
+    spec = load_spec(params.spec)
+    return spec.model_copy(update={"tokenizer": tokenizer}) if tokenizer else spec
+
+
+def data_identity(spec: dict) -> str:
+    """What a dataset is built from, as a digest: its spec (as dumped to JSON), where a tokenizer
+    pinned by its sha256 counts by that digest alone, not by the folder it is read from (a
+    pretrain stage trained again, elsewhere, with the same tokenizer reuses the dataset)."""
+    tokenizer = spec["tokenizer"]
+    if tokenizer["sha256"]:
+        spec = {**spec, "tokenizer": {**tokenizer, "path": None}}
+    return json_digest(spec)
+
+
+def data_key(params: DataParams, tokenizer: TokenizerSpec | None, storage_root: str) -> str:
+    spec = dataset_spec(params, tokenizer)
+    return json_digest([data_identity(spec.model_dump(mode="json")),
+                        dataset_out(params, spec.name, storage_root)])
+
+
+def checkpoint_tokenizer(previous: TrainedStage) -> TokenizerSpec:
+    """The tokenizer of the previous stage's checkpoint, pinned by its digest: the tokenizer of
+    the dataset that stage trained on, which its checkpoint carries (plan_stage checks it)."""
+    from model.checkpoint import TOKENIZER
+
+    return TokenizerSpec(path=f"{previous.result.checkpoint}/{TOKENIZER}",
+                         sha256=previous.dataset.tokenizer_sha256)
+
+
+def build_data_step(params: DataParams, tokenizer: TokenizerSpec | None,
+                    settings: Settings) -> DatasetRef:
+    """Build the dataset, or reuse the one at the output built from the same spec and tokenizer."""
     from infra.storage import exists, join
     from infra.tracking import configure_mlflow
     from workers.data.build import build_dataset
     from workers.data.manifest import MANIFEST_NAME, read_manifest
     from workers.data.report import log_dataset
-    from workers.data.spec import load_spec
 
-    spec = load_spec(params.spec)
+    spec = dataset_spec(params, tokenizer)
     out = dataset_out(params, spec.name, settings.storage_root)
     manifest_uri = join(out, MANIFEST_NAME)
     if exists(manifest_uri):
         manifest = read_manifest(manifest_uri)
-        if manifest["spec_sha256"] == spec.digest():
-            return DatasetRef(name=manifest["name"], manifest=manifest_uri, digest=manifest["digest"])
+        if data_identity(manifest["spec"]) == data_identity(spec.model_dump(mode="json")):
+            return DatasetRef.of(manifest, manifest_uri)
     result = build_dataset(spec, out, str(settings.cache_dir), overwrite=True)
     configure_mlflow(settings)
     log_dataset(result.manifest, result.manifest_uri)
-    return DatasetRef(name=result.manifest["name"], manifest=result.manifest_uri,
-                      digest=result.manifest["digest"])
+    return DatasetRef.of(result.manifest, result.manifest_uri)
 
 
 def stage_key(dataset: DatasetRef, stage: StageParams, train: TrainParams,
               previous: StageResult | None) -> str:
-    return json_digest([dataset.digest, stage.model_dump(), train.preset, train.workers,
-                        previous.digest if previous else None])
+    # the dataset is named by its digest, not by the parameters it was built from
+    return json_digest([dataset.digest, stage.model_dump(exclude={"data"}), train.preset,
+                        train.workers, previous.digest if previous else None])
 
 
 def registered_with_key(name: str, key: str):
@@ -107,7 +183,7 @@ def train_stage_step(dataset: DatasetRef, stage: StageParams, train: TrainParams
         return StageResult(stage=stage.stage, checkpoint="", digest=found.tags[DIGEST_TAG],
                            run_id=found.run_id, registered=f"{found.name}/{found.version}")
     cfg = parse_train_config({
-        **stage.model_dump(), "dataset": dataset.manifest, "preset": train.preset,
+        **stage.model_dump(exclude={"data"}), "dataset": dataset.manifest, "preset": train.preset,
         "init_from": previous.checkpoint if previous else None, "workers": train.workers,
         "storage_path": f"{settings.storage_root}/train",
         "registered_model": train.registered_model if register else None})
@@ -169,22 +245,41 @@ def gate_step(model: StageResult, evaluation: EvalRef, policy: str, settings: Se
             "overrides": [f"{o.check} by {o.reviewer}: {o.reason}" for o in decision.overrides]}
 
 
-def model_card_step(model: StageResult, dataset: DatasetRef, evaluation: EvalRef,
-                    train_runs: list[str], settings: Settings) -> str:
+def lineage_step(stages: list[TrainedStage], settings: Settings) -> RecordedLineage:
+    """Record the chain on the version registered from the last stage."""
+    from infra.tracking import registry_client
+
+    client = registry_client(settings)
+    lineage = Lineage(stages=tuple(
+        StageRecord(stage=s.params.stage, dataset=s.dataset.name, dataset_digest=s.dataset.digest,
+                    tokenizer_sha256=s.dataset.tokenizer_sha256, checkpoint_digest=s.result.digest,
+                    init_digest=previous.result.digest if previous else None,
+                    run_id=s.result.run_id, steps=s.params.steps, seq_len=s.dataset.seq_len)
+        for previous, s in zip((None, *stages), stages)))
+    name, version = stages[-1].result.name_version
+    artifact = record_lineage(client, name, version, lineage)
+    return RecordedLineage(digest=lineage.digest(), artifact=artifact,
+                           stages=stage_summaries(client, lineage))
+
+
+def model_card_step(chain: TrainedChain, evaluation: EvalRef, settings: Settings) -> str:
     """The model card, attached to the version; returns its artifact path."""
     from infra.tracking import registry_client
     from pipelines.gate.record import recorded_decision
-    from pipelines.model_card import attach_card, render_card, stage_summaries
     from workers.data.manifest import read_manifest
     from workers.evals.report import read_report
 
     client = registry_client(settings)
+    model = chain.model
     name, version = model.name_version
     report = read_report(Path(evaluation.report))
     decision = recorded_decision(client, name, version)
+    lineage = read_lineage(client, name, version)  # the card shows the chain the version records
+    manifests = {s.dataset.digest: s.dataset.manifest for s in chain.stages}  # each dataset once
     figures = [f for e in report.evals.values() for f in e.figures]
-    card = render_card(name, version, model.digest, read_manifest(dataset.manifest),
-                       stage_summaries(client, train_runs), report, decision, figures)
+    card = render_card(name, version, model.digest, lineage.digest(),
+                       stage_summaries(client, lineage),
+                       [read_manifest(uri) for uri in manifests.values()], report, decision, figures)
     return attach_card(client, name, version, card, Path(evaluation.report).parent, figures)
 
 

@@ -1,7 +1,8 @@
 """The whole pipeline through the `longmix` CLI on the tiny profile, each command a process of its
 own as a user runs it (its own Ray, the background Prefect server, MLflow UI and serving host):
-data → train → eval → gate → approval → deploy → a completion from the endpoint, a run killed
-after training and resumed, and each refusal with its reason."""
+data → train (pretrain → long_context → sft, each on its own dataset) → eval → gate → approval →
+deploy → a completion from the endpoint, a run killed after training and resumed, the lineage
+recorded on the version, and each refusal with its reason."""
 
 import json
 import os
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from infra.services import free_port
+from pipelines.lineage import read_lineage
 
 TRIGGERED_BY = "ci-operator"
 STRICT_POLICY = """
@@ -67,10 +69,10 @@ def _versions(home: Path) -> list:
         return []
 
 
-def _pretrain_runs(home: Path) -> list:
+def _stage_runs(home: Path, stage: str) -> list:
     client = _client(home)
     experiment = client.get_experiment_by_name("longmix")
-    return client.search_runs([experiment.experiment_id], "tags.`longmix.stage` = 'pretrain'")
+    return client.search_runs([experiment.experiment_id], f"tags.`longmix.stage` = '{stage}'")
 
 
 def test_killed_run_resumes_then_deploys_and_serves(home):
@@ -88,9 +90,20 @@ def test_killed_run_resumes_then_deploys_and_serves(home):
     second = _longmix(home, "run", "--profile", "tiny")
     assert second.returncode == 0, second.stdout + second.stderr
     assert len(_versions(home)) == 1, "a second version was registered"
-    assert len(_pretrain_runs(home)) == 1, "training ran again"
+    for stage in ("pretrain", "long_context", "sft"):
+        assert len(_stage_runs(home, stage)) == 1, f"{stage} trained again"
     assert "approved by demo-reviewer (the quickstart's named demo reviewer)" in second.stdout
     assert "curl -s http://127.0.0.1" in second.stdout
+
+    lineage = read_lineage(_client(home), "longmix", "1")  # its digest, chain and end checked
+    assert [(s.stage, s.dataset, s.seq_len) for s in lineage.stages] == [
+        ("pretrain", "tiny", 512), ("long_context", "tiny-long", 1024), ("sft", "tiny-sft", 512)]
+    assert [s.init_digest for s in lineage.stages] == [
+        None, *(s.checkpoint_digest for s in lineage.stages[:-1])]
+    assert len({s.tokenizer_sha256 for s in lineage.stages}) == 1  # handed on, not retrained
+    assert "| long_context | `tiny-long`" in _client(home).get_model_version("longmix", "1").description
+    assert "stage long_context" in second.stdout and "tiny-long (1024 tokens a row)" in second.stdout
+    assert "evaluated on tiny-long" in second.stdout  # the longest stage's dataset
 
     record = json.loads((home / "deployments" / "longmix" / "current.json").read_text())
     key = (home / "serve" / "api_key").read_text().strip()

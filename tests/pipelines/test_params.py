@@ -1,0 +1,37 @@
+"""Profiles are refused before any work when their stages cannot run, naming the field."""
+
+import pytest
+from pydantic import ValidationError
+
+from pipelines.params import get_profile
+
+PRETRAIN = {"stage": "pretrain", "steps": 1}
+
+
+def _refused(**overrides) -> str:
+    with pytest.raises(ValidationError) as refused:
+        get_profile("tiny", **overrides)
+    return str(refused.value)
+
+
+def test_the_tiny_profile_trains_three_stages_on_their_own_corpora():
+    stages = get_profile("tiny").train.stages
+    assert [(s.stage, s.data and s.data.spec) for s in stages] == [
+        ("pretrain", None), ("long_context", "tiny-long"), ("sft", "tiny-sft")]
+
+
+def test_stages_that_cannot_run_are_refused_naming_the_field():
+    not_longer = _refused(train={"stages": [PRETRAIN, {"stage": "long_context", "steps": 1}]})
+    assert "train.stages[1].data (long_context, spec 'tiny')" in not_longer
+    assert "not longer than the 512" in not_longer
+    too_long = _refused(train={"stages": [PRETRAIN, {"stage": "sft", "steps": 1,
+                                                     "data": {"spec": "tiny-long"}}]})
+    assert "train.stages[1].data (sft, spec 'tiny-long')" in too_long
+    unknown = _refused(train={"stages": [PRETRAIN, {"stage": "sft", "steps": 1,
+                                                    "data": {"spec": "nowhere"}}]})
+    assert "train.stages[1].data" in unknown and "no corpus spec 'nowhere'" in unknown
+    twice = _refused(train={"stages": [PRETRAIN, {"stage": "sft", "steps": 1},
+                                       {"stage": "sft", "steps": 1}]})
+    assert "each stage once" in twice
+    no_stage = _refused(train={"stages": [PRETRAIN]}, eval={"suite": "tiny", "dataset_stage": "sft"})
+    assert "eval.dataset_stage=sft" in no_stage
