@@ -129,19 +129,21 @@ def resolve_tokenizer(spec: CorpusSpec, sample: list[str]) -> Tokenizer:
 def synthetic_documents(spec: CorpusSpec, haystacks: list[str], ctx: ReadContext
                         ) -> tuple[list[Document], list[dict]]:
     """Seeded synthetic tasks and canaries, and the canary list for evals."""
-    from workers.data import media_sources, synth
+    from workers.data import media_sources, retrieval, synth
 
     syn, seed = spec.synthetic, spec.seed
     exclude = synth.eval_prompt_hashes([Path(p) for p in syn.exclude_prompts_from])
     docs: list[Document] = []
     if syn.retrieval:
-        docs += synth.retrieval_examples(syn.retrieval, haystacks, syn.haystack_tokens * 4, seed)
+        docs += retrieval.retrieval_examples(syn.retrieval, haystacks, syn.haystack_tokens * 4,
+                                             seed)
     if syn.chat:
         docs += synth.chat_examples(syn.chat, syn.refusal_fraction, seed, exclude_hashes=exclude)
     if syn.spoken_needles:
         docs += media_sources.spoken_needle_examples(syn.spoken_needles, haystacks, ctx, seed)
     if syn.frame_needles:
         docs += media_sources.frame_needle_examples(syn.frame_needles, ctx, seed)
+    retrieval.check_disjoint(docs)  # no eval needle among the training facts: refused, not mixed
     canaries = synth.canary_records(syn.canaries, seed) if syn.canaries else []
     docs += synth.canary_documents(canaries, syn.canary_repeats, seed) if canaries else []
     for d in docs:

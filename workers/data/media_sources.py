@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from model.encoders import MediaError, placeholder_count
 from workers.data.media import audio_item, fit_image, image_item, video_item
-from workers.data.needles import draw_needle, needle_question, needle_sentence
+from workers.data.retrieval import Fact, draw_facts
 from workers.data.readers import ReadContext, Reader, register
 from workers.data.records import Document, MediaItem, Quarantined
 from workers.data.sources import python_docs_corpus
@@ -514,18 +514,18 @@ _HAYSTACK_TRIES = 24  # sentences synthesised per example, at most, looking for 
 _SHORTEST_SENTENCE_SECONDS = 1.5  # 30 characters take longer: with less time left, nothing fits
 
 
-def _question_and_answer(city: str, number: str) -> str:
-    return f"Question: {needle_question(city)} Answer: {number}"
+def _question_and_answer(fact: Fact) -> str:
+    return f"Question: {fact.question} Answer: {fact.value}"
 
 
 def spoken_needle_examples(count: int, haystack_texts: list[str], ctx: ReadContext,
                            seed: int) -> list[Document]:
-    """Speech of a few haystack sentences with the needle sentence spoken among them, then the
-    question in text and the answer: ["Listen: ", " Question: ... Answer: <number>"].
+    """Speech of a few haystack sentences with a fact of the retrieval curriculum spoken among
+    them, then the question in text and the answer: ["Listen: ", " Question: ... Answer: <value>"].
 
     The whole utterance fits ctx.audio_max_seconds. meta: task, needle_position (the needle's
-    index among the spoken sentences), transcript (JSON list of those sentences), voice, city,
-    number. license is left empty: it is that of haystack_texts, which the caller knows.
+    index among the spoken sentences), transcript (JSON list of those sentences), voice, key,
+    value. license is left empty: it is that of haystack_texts, which the caller knows.
     """
     pool = clean_sentences(haystack_texts)
     if not pool:
@@ -533,9 +533,9 @@ def spoken_needle_examples(count: int, haystack_texts: list[str], ctx: ReadConte
     examples = []
     for i in range(count):
         rng = _rng(seed, "spoken-needle", i)
-        city, number = draw_needle(rng)
+        fact = draw_facts(rng, 1)[0]
         voice = str(rng.choice(DEFAULT_VOICES))
-        needle = needle_sentence(city, number)
+        needle = fact.statement
         needle_wave, sample_rate = synthesize_speech(needle, voice)
         seconds_left = ctx.audio_max_seconds - len(needle_wave) / sample_rate
         if seconds_left < 0:
@@ -553,10 +553,10 @@ def spoken_needle_examples(count: int, haystack_texts: list[str], ctx: ReadConte
         spoken.insert(position, (needle, needle_wave))
         item = audio_item(np.concatenate([wave for _, wave in spoken]), sample_rate, ctx)
         doc = _described(SYNTHETIC_SOURCE, f"synthetic://spoken-needle/{seed}/{i}", item,
-                         _question_and_answer(city, number), "",
+                         _question_and_answer(fact), "",
                          {"task": "spoken_needle", "needle_position": str(position),
                           "transcript": json.dumps([sentence for sentence, _ in spoken]),
-                          "voice": voice, "city": city, "number": number}, lead="Listen:")
+                          "voice": voice, "key": fact.key, "value": fact.value}, lead="Listen:")
         check_media(doc, ctx)
         examples.append(doc)
     return examples
@@ -564,17 +564,17 @@ def spoken_needle_examples(count: int, haystack_texts: list[str], ctx: ReadConte
 
 def frame_needle_examples(count: int, ctx: ReadContext, seed: int) -> list[Document]:
     """A video of ctx.video_frames frames (bundled photos and sentences of the Python docs) of
-    which one shows the needle sentence, then the question and answer in text:
-    ["Watch: ", " Question: ... Answer: <number>"].
+    which one shows a fact of the retrieval curriculum, then the question and answer in text:
+    ["Watch: ", " Question: ... Answer: <value>"].
 
-    meta: task, needle_position (the needle frame's index), city, number. license: those of the
+    meta: task, needle_position (the needle frame's index), key, value. license: those of the
     photos and sentences shown.
     """
     sentences = _docs_sentences()
     examples = []
     for i in range(count):
         rng = _rng(seed, "frame-needle", i)
-        city, number = draw_needle(rng)
+        fact = draw_facts(rng, 1)[0]
         position = int(rng.integers(ctx.video_frames))
         frames, licenses = [], set()
         for f in range(ctx.video_frames):
@@ -584,7 +584,7 @@ def frame_needle_examples(count: int, ctx: ReadContext, seed: int) -> list[Docum
                 licenses.add(photo.license)
             if f == position:
                 background = load_sample_image(photo.key) if on_photo else (255, 255, 255)
-                frames.append(render_text_frame(needle_sentence(city, number), ctx.image_size,
+                frames.append(render_text_frame(fact.statement, ctx.image_size,
                                                 background, frame_seed))
             elif on_photo:
                 frames.append(load_sample_image(photo.key))
@@ -593,10 +593,10 @@ def frame_needle_examples(count: int, ctx: ReadContext, seed: int) -> list[Docum
                 sentence = sentences[int(rng.integers(len(sentences)))]
                 frames.append(render_text_frame(sentence, ctx.image_size, seed=frame_seed))
         doc = _described(SYNTHETIC_SOURCE, f"synthetic://frame-needle/{seed}/{i}",
-                         video_item(frames, ctx.video_fps, ctx), _question_and_answer(city, number),
+                         video_item(frames, ctx.video_fps, ctx), _question_and_answer(fact),
                          "; ".join(sorted(licenses)),
-                         {"task": "frame_needle", "needle_position": str(position), "city": city,
-                          "number": number}, lead="Watch:")
+                         {"task": "frame_needle", "needle_position": str(position),
+                          "key": fact.key, "value": fact.value}, lead="Watch:")
         check_media(doc, ctx)
         examples.append(doc)
     return examples

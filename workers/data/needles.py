@@ -1,6 +1,8 @@
-"""The needle of every retrieval task, in one place: the cities, the number format, the sentence
-that hides it and the question that asks for it. Text, spoken and frame needles all use these, so
-a model evaluated on one kind sees the same wording as in the others."""
+"""The evaluation's needle, in one place: the cities, the number format, the sentence that hides
+it and the questions that ask for it (the Gemini 1.5 report's "The special magic {city} number
+is: {number}."). Text, spoken and frame needle evals all use these. Training data never does: the
+retrieval curriculum (workers/data/retrieval.py) is phrased from other templates, keys and value
+formats, and checked against these."""
 
 from __future__ import annotations
 
@@ -21,6 +23,21 @@ def needle_question(city: str) -> str:
     return f"What is the special magic {city} number?"
 
 
+def multi_needle_question(cities: list[str]) -> str:
+    names = ", ".join(cities[:-1]) + f" and {cities[-1]}"
+    return f"What are the special magic numbers for {names}?"
+
+
 def draw_needle(rng: np.random.Generator) -> tuple[str, str]:
     """A city and its seven-digit number."""
     return str(rng.choice(NEEDLE_CITIES)), str(int(rng.integers(1_000_000, 10_000_000)))
+
+
+def draw_needles(rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
+    """n (city, number) pairs with distinct cities and distinct numbers."""
+    drawn: list[tuple[str, str]] = []
+    while len(drawn) < n:
+        city, number = draw_needle(rng)
+        if not any(number == x or city == c for c, x in drawn):
+            drawn.append((city, number))
+    return drawn

@@ -1,6 +1,6 @@
-"""Synthetic text tasks mixed into the training corpus: long-context retrieval over training-split
-haystacks, chat-format instruction examples (helpful answers and refusals), and PII canaries
-planted for the memorisation/leakage evaluation.
+"""Synthetic text tasks mixed into the training corpus: chat-format instruction examples (helpful
+answers and refusals) and PII canaries planted for the memorisation/leakage evaluation (the
+retrieval curriculum is workers/data/retrieval.py).
 
 Everything is seeded: the same arguments give the same documents on every machine. All
 documents are split="train"; evaluation prompts are kept out of the chat examples by
@@ -12,17 +12,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import random
-import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from workers.data.needles import draw_needle, needle_question, needle_sentence
 from workers.data.records import Document, normalize_text
 
 INSTRUCTIONS = Path(__file__).with_name("instructions.yaml")
@@ -32,107 +29,6 @@ PROJECT_LICENSE = "Apache-2.0"  # chat and canary text is written by this projec
 def _document(task: str, key: str, text: str, meta: dict[str, str], license: str) -> Document:
     return Document(source=f"synthetic.{task}", uri=f"synthetic://{task}/{key}", modality="text",
                     texts=[text], license=license, split="train", meta={"task": task, **meta})
-
-
-# ---------------------------------------------------------------------------------------------
-# Long-context retrieval
-
-RETRIEVAL_VARIANTS = ("single", "multi_key", "multi_value", "multi_needle")
-MULTI_NEEDLES = 3  # needles planted by the multi_* variants
-HAYSTACK_DRAWS = 20  # windows tried before deciding the texts cannot hold the needles
-SENTENCE_BREAK = re.compile(r"\.[ \n]")
-
-
-def sentence_breaks(text: str) -> list[int]:
-    """Where a sentence may be inserted: the start, and after each inner '. ' or '.\\n'."""
-    return [0] + [m.end() for m in SENTENCE_BREAK.finditer(text) if m.end() < len(text)]
-
-
-def retrieval_examples(count: int, haystack_texts: list[str], haystack_chars: int,
-                       seed: int) -> list[Document]:
-    """`count` needle-in-a-haystack examples, the four variants in turn.
-
-    haystack_texts must come from the TRAINING split only, so that no evaluation text leaks in.
-    Each example is a haystack of about `haystack_chars` characters with needle sentences at
-    sentence breaks, then "Question: ... Answer: ...". The document's license is left empty: the
-    haystack keeps the licenses of the sources it was cut from.
-    """
-    if not haystack_texts:
-        raise ValueError("retrieval_examples needs at least one haystack text")
-    return [_retrieval_example(RETRIEVAL_VARIANTS[i % len(RETRIEVAL_VARIANTS)], haystack_texts,
-                               haystack_chars, np.random.default_rng([seed, i]), f"{seed}/{i}")
-            for i in range(count)]
-
-
-def _retrieval_example(variant: str, texts: list[str], chars: int, rng: np.random.Generator,
-                       key: str) -> Document:
-    n = 1 if variant == "single" else MULTI_NEEDLES
-    haystack, breaks = haystack_with_room(texts, chars, n, rng)
-    needles = draw_needles(rng, n, one_city=variant == "multi_value")
-    # A break is as likely as the stretch of text it opens is long: depth is uniform, snapped back.
-    weights = np.diff([*breaks, len(haystack)]) / len(haystack)
-    positions = sorted(int(p) for p in rng.choice(breaks, size=n, replace=False, p=weights))
-    text = insert_sentences(haystack, positions, [needle_sentence(c, x) for c, x in needles])
-    question, answer = retrieval_question(variant, needles, rng)
-    depths = ",".join(f"{p / len(haystack):.3f}" for p in positions)
-    return _document("retrieval", key, f"{text}\n\nQuestion: {question} Answer: {answer}",
-                     {"variant": variant, "depth": depths, "answer": answer}, license="")
-
-
-def haystack_with_room(texts: list[str], chars: int, needles: int,
-                        rng: np.random.Generator) -> tuple[str, list[int]]:
-    for _ in range(HAYSTACK_DRAWS):
-        haystack = _haystack(texts, chars, rng)
-        breaks = sentence_breaks(haystack)
-        if len(haystack) >= chars // 2 and len(breaks) >= needles:
-            return haystack, breaks
-    raise ValueError(f"haystack_texts have too few sentence breaks ('. ' or '.\\n'): no "
-                     f"haystack of about {chars} characters with room for {needles} needles "
-                     f"in {HAYSTACK_DRAWS} draws")
-
-
-def _haystack(texts: list[str], chars: int, rng: np.random.Generator) -> str:
-    """At most `chars` characters of the texts, from a sentence start to a sentence end."""
-    first = texts[rng.integers(len(texts))]
-    start = SENTENCE_BREAK.search(first, int(rng.integers(len(first) + 1)))
-    begin = start.end() if start else 0
-    window = first[begin:begin + chars].lstrip()
-    while len(window) < chars:
-        window += "\n\n" + texts[rng.integers(len(texts))][:chars]
-    ends = [m.start() + 1 for m in SENTENCE_BREAK.finditer(window[:chars])]  # just after a '.'
-    return window[:ends[-1]] if ends else ""
-
-
-def draw_needles(rng: np.random.Generator, n: int, one_city: bool) -> list[tuple[str, str]]:
-    """n (city, number) pairs: distinct numbers, and distinct cities unless `one_city`."""
-    drawn: list[tuple[str, str]] = []
-    while len(drawn) < n:
-        city, number = draw_needle(rng)
-        city = drawn[0][0] if one_city and drawn else city
-        if not any(number == x or (city == c and not one_city) for c, x in drawn):
-            drawn.append((city, number))
-    return drawn
-
-
-def insert_sentences(text: str, positions: list[int], sentences: list[str]) -> str:
-    """Each sentence placed at its (ascending) position, followed by a space."""
-    pieces = [text[:positions[0]]]
-    for sentence, start, end in zip(sentences, positions, [*positions[1:], len(text)]):
-        pieces += [sentence + " ", text[start:end]]
-    return "".join(pieces)
-
-
-def retrieval_question(variant: str, needles: list[tuple[str, str]],
-              rng: np.random.Generator) -> tuple[str, str]:
-    if variant in ("single", "multi_key"):
-        city, number = needles[int(rng.integers(len(needles)))]
-        return needle_question(city), number
-    if variant == "multi_value":  # numbers in reading order
-        return (f"What are all the special magic {needles[0][0]} numbers?",
-                ", ".join(x for _, x in needles))
-    asked = [needles[int(i)] for i in rng.permutation(len(needles))]  # multi_needle
-    cities = ", ".join(c for c, _ in asked[:-1]) + f" and {asked[-1][0]}"
-    return f"What are the special magic numbers for {cities}?", ", ".join(x for _, x in asked)
 
 
 # ---------------------------------------------------------------------------------------------

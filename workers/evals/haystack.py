@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from workers.data.needles import needle_question
-from workers.data.synth import haystack_with_room, insert_sentences, sentence_breaks
+from workers.data.retrieval import haystack_with_room, insert_sentences, sentence_breaks
 from workers.evals.adapters import ModelAdapter
 
 SAMPLE_CHUNKS, CHUNK_CHARS = 8, 300  # short enough for any model's context

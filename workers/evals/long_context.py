@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workers.data.needles import draw_needle, needle_sentence
-from workers.data.synth import draw_needles, retrieval_question
+from workers.data.needles import draw_needle, draw_needles, multi_needle_question, needle_sentence
 from workers.evals.adapters import CapabilityError, ModelAdapter
 from workers.evals.config import SuiteConfig
 from workers.evals.haystack import (chars_per_token, distractor_numbers, found, haystack,
@@ -54,9 +53,9 @@ def multi_needle(adapter: ModelAdapter, data: HeldOut, cfg: SuiteConfig) -> Eval
     depths = [(i + 1) / (n + 1) for i in range(n)]
     rows, prompts, texts = [], [], []
     for _ in range(cfg.multi_samples):
-        needles = draw_needles(rng, n, one_city=False)
+        needles = draw_needles(rng, n)
         sentences = [needle_sentence(c, x) for c, x in needles]
-        question, _ = retrieval_question("multi_needle", needles, rng)
+        question = multi_needle_question([needles[int(i)][0] for i in rng.permutation(n)])
         room = cfg.multi_length - overhead(adapter, sentences, question)
         text = insert_at_depths(haystack(adapter, data.texts, room, cpt, rng), sentences, depths)
         prompt = f"{text}\n\nQuestion: {question} Answer:"

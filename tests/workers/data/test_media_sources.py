@@ -185,11 +185,12 @@ def test_spoken_needle_is_spoken_among_the_haystack(ctx):
     for doc in docs:
         meta = doc.meta
         assert doc.modality == "audio" and meta["task"] == "spoken_needle"
-        question = needle_question(meta["city"])
-        assert doc.texts == ["Listen: ", f" Question: {question} Answer: {meta['number']}"]
+        question, answer = doc.texts[1].removeprefix(" Question: ").split(" Answer: ")
+        assert doc.texts[0] == "Listen: " and meta["key"] in question and answer == meta["value"]
         transcript = json.loads(meta["transcript"])
-        assert len(transcript) >= 2 and transcript[int(meta["needle_position"])] == \
-            needle_sentence(meta["city"], meta["number"])
+        fact = transcript[int(meta["needle_position"])]
+        assert len(transcript) >= 2 and meta["key"] in fact and meta["value"] in fact
+        assert "special magic" not in fact  # a training fact, never the eval's needle
         # the audio is exactly the transcript spoken in that order
         waves = [ms.synthesize_speech(sentence, meta["voice"]) for sentence in transcript]
         expected = audio_item(np.concatenate([w for w, _ in waves]), waves[0][1], ctx)
@@ -206,7 +207,7 @@ def test_frame_needle_hides_one_distinct_frame(ctx):
     positions = set()
     for doc in docs:
         assert doc.modality == "video" and doc.meta["task"] == "frame_needle" and doc.license
-        assert doc.texts[0] == "Watch: " and doc.texts[1].endswith(f"Answer: {doc.meta['number']}")
+        assert doc.texts[0] == "Watch: " and doc.texts[1].endswith(f"Answer: {doc.meta['value']}")
         frames = doc.media[0].array.astype(int)  # (6, 3, 32, 32)
         assert frames.shape == (6, 3, 32, 32)
         assert placeholder_count("video", torch.from_numpy(doc.media[0].array), ctx.model) >= 1

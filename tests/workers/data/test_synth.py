@@ -7,11 +7,9 @@ import pytest
 import yaml
 
 from model.tokenizer import SPECIAL_IDS
-from workers.data.needles import NEEDLE_CITIES
 from workers.data.sources import python_docs_corpus
 from workers.data.synth import (
     INSTRUCTIONS,
-    RETRIEVAL_VARIANTS,
     canary_documents,
     canary_manifest,
     canary_records,
@@ -20,14 +18,12 @@ from workers.data.synth import (
     load_instructions,
     prompt_hash,
     refusal_prompts,
-    retrieval_examples,
 )
 
 SAFETY = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "safety"
 EVAL_CSVS = ["advbench/harmful_behaviors.csv", "harmbench/harmbench_behaviors_text_all.csv",
              "strongreject/strongreject_dataset.csv", "jailbreakbench/jbb_harmful_behaviors.csv",
              "xstest/xstest_prompts.csv"]
-NEEDLE = re.compile(r"The special magic (\w+) number is: (\d{7})\.")
 CHAT = re.compile(r"(?:<\|system\|>(?P<system>.*?)<\|end\|>)?<\|user\|>(?P<user>.*?)<\|end\|>"
                   r"<\|assistant\|>(?P<assistant>.*?)<\|end\|>", re.DOTALL)
 
@@ -46,56 +42,6 @@ def eval_hashes() -> set[str]:
 
 def _user_prompt(doc) -> str:
     return CHAT.fullmatch(doc.text)["user"]
-
-
-# --- retrieval
-
-def test_retrieval_is_deterministic_per_seed(corpus):
-    a = retrieval_examples(8, corpus, 1500, seed=3)
-    assert [d.text for d in a] == [d.text for d in retrieval_examples(8, corpus, 1500, seed=3)]
-    assert [d.text for d in a] != [d.text for d in retrieval_examples(8, corpus, 1500, seed=4)]
-
-
-def test_retrieval_mixes_the_four_variants_evenly(corpus):
-    docs = retrieval_examples(12, corpus, 1500, seed=0)
-    assert Counter(d.meta["variant"] for d in docs) == {v: 3 for v in RETRIEVAL_VARIANTS}
-    assert all(d.split == "train" and d.modality == "text" and d.meta["task"] == "retrieval"
-               for d in docs)
-
-
-def test_needles_sit_at_sentence_breaks_and_the_answer_is_in_the_haystack(corpus):
-    for doc in retrieval_examples(40, corpus, 1500, seed=1):
-        haystack, qa = doc.text.split("\n\nQuestion: ")
-        needles = list(NEEDLE.finditer(haystack))
-        assert len(needles) == (1 if doc.meta["variant"] == "single" else 3)
-        assert all(n[1] in NEEDLE_CITIES for n in needles)
-        depths = [float(x) for x in doc.meta["depth"].split(",")]
-        assert len(depths) == len(needles) and depths == sorted(depths)
-        assert all(0 <= d < 1 for d in depths)
-        for n in needles:
-            at = n.start()
-            assert at == 0 or (haystack[at - 2] == "." and haystack[at - 1] in " \n"), doc.uri
-            assert haystack[n.end()] == " ", doc.uri
-        numbers = {n[2]: n[1] for n in needles}
-        answer = doc.meta["answer"].split(", ")
-        assert qa.endswith(f"Answer: {doc.meta['answer']}")
-        assert set(answer) <= set(numbers)  # every asked number was planted
-        if doc.meta["variant"] in ("single", "multi_key"):
-            assert f"special magic {numbers[answer[0]]} number?" in qa
-        if doc.meta["variant"] == "multi_value":
-            assert len({n[1] for n in needles}) == 1 and answer == [n[2] for n in needles]
-        if doc.meta["variant"] == "multi_needle":
-            assert len({n[1] for n in needles}) == 3 and sorted(answer) == sorted(numbers)
-        # Without the needles, the haystack is untouched training text: no word was split.
-        for n in needles:
-            haystack = haystack.replace(n[0] + " ", "", 1)
-        assert 750 <= len(haystack) <= 1500
-        assert all(any(chunk.strip() in t for t in corpus) for chunk in haystack.split("\n\n"))
-
-
-def test_retrieval_refuses_texts_without_sentence_breaks():
-    with pytest.raises(ValueError, match="sentence breaks"):
-        retrieval_examples(1, ["no full stop anywhere in this text " * 200], 1500, seed=0)
 
 
 # --- chat

@@ -24,6 +24,7 @@ from workers.data.media_sources import render_text_frame, synthesize_speech
 from workers.data.pack import Packer, TokenizedDoc, loss_mask_for, pack_documents
 from workers.data.readers import ReadContext
 from workers.data.records import Document
+from workers.data.retrieval import retrieval_examples
 from workers.data.sources import python_docs_corpus
 from workers.data.stages import tokenize_document
 from workers.train.data import Batch
@@ -86,7 +87,7 @@ def trained(tmp_path_factory, tokenizer) -> TrainedModel:
     train_texts, heldout = _split(python_docs_corpus())
     canaries = synth.canary_records(3, seed=7)
     documents = [*train_texts,
-                 *(d.text for d in synth.retrieval_examples(24, train_texts, 500, seed=3)),
+                 *(d.text for d in retrieval_examples(10, train_texts, 500, seed=3)),
                  *(d.text for d in synth.canary_documents(canaries, CANARY_REPEATS, seed=7))]
     rows = pack_documents([tokenizer.encode(d, bos=True) for d in documents], SEQ_LEN)
     model = Transformer(get_preset("tiny"))

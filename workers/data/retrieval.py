@@ -1,0 +1,265 @@
+"""The retrieval curriculum: synthetic documents that teach a model to find a fact by its key
+anywhere in its context and copy the value, mixed into the pretrain and long-context corpora.
+
+The facts never use the evaluation's needle. The eval suite asks for "The special magic {city}
+number is: {number}." (workers/data/needles.py); training facts are phrased from other templates
+("Gerovin's hidden passcode is 58213.", "The reserve token of Talmek reads QX-4821."), keyed by
+invented names rather than cities, with values of other formats (never seven digits), and asked
+with other questions. So a model that answers the eval has learnt to retrieve, not a template:
+`check_disjoint` is the test of that, by template and by hash.
+
+Three kinds of documents, all seeded and all split="train":
+- fact lists: a dozen facts among short filler sentences, then questions about several of them
+  (dense supervision: the curriculum's first steps);
+- haystacks: one or more facts hidden at sentence breaks of real training-split text, then a
+  question (single, multi_key, multi_value, multi_needle, as the report's variants);
+- every question is answered right after it, and the loss covers every token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from workers.data.needles import NEEDLE_CITIES, needle_question, needle_sentence
+from workers.data.records import Document
+
+RETRIEVAL_VARIANTS = ("fact_list", "single", "multi_key", "multi_value", "multi_needle")
+MULTI_FACTS = (2, 5)  # facts planted by the multi_* variants: at least, at most
+LIST_FACTS = (6, 16)
+LIST_QUESTIONS = 4
+HAYSTACK_DRAWS = 20  # windows tried before deciding the texts cannot hold the facts
+SENTENCE_BREAK = re.compile(r"\.[ \n]")
+
+# Attributes a fact names: an adjective and a noun, neither the eval's "special magic number".
+ADJECTIVES = ("secret", "hidden", "private", "lucky", "golden", "silver", "backup", "reserve",
+              "master", "daily", "current", "spare", "winning", "quiet", "northern", "official")
+NOUNS = ("code", "passcode", "password", "pin", "token", "tag", "serial", "ticket", "label",
+         "figure", "key", "combination", "reference", "badge", "entry", "cipher")
+# (fact statement, question) pairs over {attr} "hidden passcode", {key} and {value}
+TEMPLATES = (
+    ("{Key}'s {attr} is {value}.", "What is {Key}'s {attr}?"),
+    ("The {attr} of {Key} is {value}.", "What is the {attr} of {Key}?"),
+    ("The {attr} for {Key} reads {value}.", "What does the {attr} for {Key} read?"),
+    ("Remember that the {Key} {attr} is {value}.", "What is the {Key} {attr}?"),
+    ("For {Key}, the {attr} was set to {value}.", "What was the {attr} for {Key} set to?"),
+    ("{Key} keeps {value} as the {attr}.", "Which {attr} does {Key} keep?"),
+    ("Note: the {attr} assigned to {Key} is {value}.", "Which {attr} is assigned to {Key}?"),
+    ("The {Key} {attr} equals {value}.", "What does the {Key} {attr} equal?"),
+)
+# Keys are invented names (capitalised, like the eval's cities, but never one of them)
+ONSETS = ("b", "br", "d", "dr", "f", "g", "gr", "k", "kr", "l", "m", "n", "p", "r", "s", "st", "t",
+          "th", "v", "z")
+NUCLEI = ("a", "e", "i", "o", "u", "ai", "ea", "ou")
+CODAS = ("", "", "n", "r", "l", "s", "k", "m", "th", "nd")
+VALUE_DIGITS = (4, 5, 6, 8, 9)  # the eval's values have seven digits: never these
+LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"
+
+EVAL_NEEDLE = re.compile(r"special\s+magic", re.IGNORECASE)
+EVAL_VALUE = re.compile(r"(?<![\d-])\d{7}(?![\d-])")
+FILLER = ("The archive was reorganised last spring.", "Nobody objected to the new schedule.",
+          "Several entries were copied by hand.", "The weather stayed mild all week.",
+          "A second list is kept in another room.", "The clerk signed every page.",
+          "Most of the old notes were thrown away.", "The meeting ended early.")
+
+
+@dataclass(frozen=True)
+class Fact:
+    key: str
+    attr: str
+    value: str
+    statement: str
+    question: str
+
+
+def draw_key(rng: np.random.Generator) -> str:
+    """An invented, pronounceable name of two or three syllables, never an eval city."""
+    cities = {c.lower() for c in NEEDLE_CITIES}
+    while True:
+        syllables = [str(rng.choice(ONSETS)) + str(rng.choice(NUCLEI))
+                     for _ in range(int(rng.integers(2, 4)))]
+        key = ("".join(syllables) + str(rng.choice(CODAS))).capitalize()
+        if key.lower() not in cities:
+            return key
+
+
+def draw_value(rng: np.random.Generator) -> str:
+    """Digits of a length other than seven, or a letters-and-digits code."""
+    if rng.random() < 0.75:
+        digits = int(rng.choice(VALUE_DIGITS))
+        return str(int(rng.integers(10 ** (digits - 1), 10 ** digits)))
+    letters = "".join(rng.choice(list(LETTERS), size=int(rng.integers(1, 3))))
+    return f"{letters}-{int(rng.integers(100, 100000))}"
+
+
+def draw_attr(rng: np.random.Generator) -> str:
+    return f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}"
+
+
+def make_fact(key: str, attr: str, value: str, rng: np.random.Generator) -> Fact:
+    statement, question = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
+    fill = {"Key": key, "attr": attr, "value": value}
+    return Fact(key, attr, value, statement.format(**fill), question.format(**fill))
+
+
+def draw_facts(rng: np.random.Generator, n: int, one_key: bool = False) -> list[Fact]:
+    """n facts with distinct values; distinct keys, or one key with n values (`one_key`)."""
+    attr = draw_attr(rng)  # one attribute per document: the question must name the key
+    keys: list[str] = []
+    while len(keys) < n:
+        key = keys[0] if one_key and keys else draw_key(rng)
+        if one_key or key not in keys:
+            keys.append(key)
+    values: list[str] = []
+    while len(values) < n:
+        value = draw_value(rng)
+        if value not in values:
+            values.append(value)
+    return [make_fact(k, attr, v, rng) for k, v in zip(keys, values)]
+
+
+def _list_question(facts: list[Fact]) -> str:
+    names = ", ".join(f.key for f in facts[:-1]) + f" and {facts[-1].key}"
+    return f"List the {facts[0].attr}s of {names}, in that order."
+
+
+# ---------------------------------------------------------------------------------------------
+# Documents
+
+def retrieval_examples(count: int, haystack_texts: list[str], haystack_chars: int,
+                       seed: int) -> list[Document]:
+    """`count` retrieval documents, the variants in turn.
+
+    haystack_texts must come from the TRAINING split only, so that no evaluation text leaks in.
+    A haystack holds about `haystack_chars` characters. The document's license is left empty: a
+    haystack keeps the licenses of the sources it was cut from.
+    """
+    if not haystack_texts:
+        raise ValueError("retrieval_examples needs at least one haystack text")
+    docs = []
+    for i in range(count):
+        variant = RETRIEVAL_VARIANTS[i % len(RETRIEVAL_VARIANTS)]
+        rng = np.random.default_rng([seed, i])
+        if variant == "fact_list":
+            text, meta = _fact_list(rng)
+        else:
+            text, meta = _haystack_example(variant, haystack_texts, haystack_chars, rng)
+        docs.append(Document(source="synthetic.retrieval", uri=f"synthetic://retrieval/{seed}/{i}",
+                             modality="text", texts=[text], license="", split="train",
+                             meta={"task": "retrieval", "variant": variant, **meta}))
+    return docs
+
+
+def _qa(question: str, answer: str) -> str:
+    return f"Question: {question} Answer: {answer}"
+
+
+def _fact_list(rng: np.random.Generator) -> tuple[str, dict[str, str]]:
+    facts = draw_facts(rng, int(rng.integers(LIST_FACTS[0], LIST_FACTS[1] + 1)))
+    lines = []
+    for fact in facts:
+        if rng.random() < 0.5:
+            lines.append(str(rng.choice(FILLER)))
+        lines.append(fact.statement)
+    asked = [facts[int(i)] for i in rng.permutation(len(facts))[:LIST_QUESTIONS]]
+    questions = "\n".join(_qa(f.question, f.value) for f in asked)
+    return " ".join(lines) + "\n\n" + questions, {"answer": ", ".join(f.value for f in asked)}
+
+
+def _haystack_example(variant: str, texts: list[str], chars: int,
+                      rng: np.random.Generator) -> tuple[str, dict[str, str]]:
+    n = 1 if variant == "single" else int(rng.integers(MULTI_FACTS[0], MULTI_FACTS[1] + 1))
+    haystack, breaks = haystack_with_room(texts, chars, 1, rng)
+    facts = draw_facts(rng, n, one_key=variant == "multi_value")
+    # A break is as likely as the stretch of text it opens is long: depth is uniform, snapped back.
+    weights = np.diff([*breaks, len(haystack)]) / len(haystack)
+    # a short haystack may have fewer breaks than facts: then facts stand side by side
+    positions = sorted(int(p) for p in rng.choice(breaks, size=n, replace=len(breaks) < n,
+                                                   p=weights))
+    text = insert_sentences(haystack, positions, [f.statement for f in facts])
+    if variant == "multi_value":  # values in reading order
+        qa = _qa(f"What are all the values of the {facts[0].attr} of {facts[0].key}?",
+                 ", ".join(f.value for f in facts))
+    elif variant == "multi_needle":
+        asked = [facts[int(i)] for i in rng.permutation(n)]
+        qa = _qa(_list_question(asked), ", ".join(f.value for f in asked))
+    else:  # single, multi_key: one fact asked, the others distract
+        fact = facts[int(rng.integers(n))]
+        qa = _qa(fact.question, fact.value)
+    depths = ",".join(f"{p / len(haystack):.3f}" for p in positions)
+    return f"{text}\n\n{qa}", {"depth": depths, "answer": qa.rsplit("Answer: ", 1)[1],
+                                "facts": json.dumps([f.statement for f in facts])}
+
+
+def sentence_breaks(text: str) -> list[int]:
+    """Where a sentence may be inserted: the start, and after each inner '. ' or '.\\n'."""
+    return [0] + [m.end() for m in SENTENCE_BREAK.finditer(text) if m.end() < len(text)]
+
+
+def haystack_with_room(texts: list[str], chars: int, sentences: int,
+                       rng: np.random.Generator) -> tuple[str, list[int]]:
+    for _ in range(HAYSTACK_DRAWS):
+        haystack = _haystack(texts, chars, rng)
+        breaks = sentence_breaks(haystack)
+        if len(haystack) >= chars // 2 and len(breaks) >= sentences:
+            return haystack, breaks
+    raise ValueError(f"haystack_texts have too few sentence breaks ('. ' or '.\\n'): no "
+                     f"haystack of about {chars} characters with room for {sentences} "
+                     f"sentences in {HAYSTACK_DRAWS} draws")
+
+
+def _haystack(texts: list[str], chars: int, rng: np.random.Generator) -> str:
+    """At most `chars` characters of the texts, from a sentence start to a sentence end."""
+    first = texts[rng.integers(len(texts))]
+    start = SENTENCE_BREAK.search(first, int(rng.integers(len(first) + 1)))
+    begin = start.end() if start else 0
+    window = first[begin:begin + chars].lstrip()
+    while len(window) < chars:
+        window += "\n\n" + texts[rng.integers(len(texts))][:chars]
+    ends = [m.start() + 1 for m in SENTENCE_BREAK.finditer(window[:chars])]  # just after a '.'
+    return window[:ends[-1]] if ends else ""
+
+
+def insert_sentences(text: str, positions: list[int], sentences: list[str]) -> str:
+    """Each sentence placed at its (ascending) position, followed by a space."""
+    pieces = [text[:positions[0]]]
+    for sentence, start, end in zip(sentences, positions, [*positions[1:], len(text)]):
+        pieces += [sentence + " ", text[start:end]]
+    return "".join(pieces)
+
+
+# ---------------------------------------------------------------------------------------------
+# Disjointness from the evaluation's needle
+
+def template_hashes() -> set[str]:
+    """sha256 of each training template with its slots blanked: what the eval's are compared to."""
+    return {_shape_hash(t) for pair in TEMPLATES for t in pair}
+
+
+def _shape_hash(template: str) -> str:
+    return hashlib.sha256(re.sub(r"\{\w+\}", "{}", template).encode()).hexdigest()
+
+
+def eval_template_hashes() -> set[str]:
+    """The eval needle's sentence and question, as templates (slots blanked) and hashed."""
+    return {_shape_hash(needle_sentence("{city}", "{number}")),
+            _shape_hash(needle_question("{city}"))}
+
+
+def check_disjoint(docs: list[Document]) -> None:
+    """Refuse training retrieval text that contains the eval's needle wording, one of its keys
+    (the cities) as a fact's key, or a value in its format (seven digits)."""
+    if template_hashes() & eval_template_hashes():
+        raise ValueError("a training retrieval template is the eval needle's template")
+    cities = re.compile(r"\b(" + "|".join(NEEDLE_CITIES) + r")\b")
+    for doc in docs:
+        facts = doc.text.rsplit("\n\n", 1)[-1] + doc.meta.get("answer", "")
+        for what, pattern, text in (("the eval needle's wording", EVAL_NEEDLE, doc.text),
+                                    ("a seven-digit value", EVAL_VALUE, facts),
+                                    ("an eval city as a key", cities, facts)):
+            if pattern.search(text):
+                raise ValueError(f"{doc.uri}: training retrieval text contains {what}")
