@@ -20,8 +20,8 @@ from pathlib import Path
 from _common import REPO_ROOT, console, emit_json, parse_args
 
 TARGET_MINUTES = 10.0
-STEP_ROW = re.compile(r"│ (build dataset|train|evaluate|gate|model card|approval|deploy)\s*│ "
-                      r"(\w+)\s*│\s*(\d+) s")
+STEP_ROW = re.compile(r"│ ((?:dataset|train) \w+|record lineage|evaluate|gate|model card|approval|"
+                      r"deploy)\s*│ (\w+)\s*│\s*(\d+) s")
 
 
 def main() -> None:

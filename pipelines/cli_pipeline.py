@@ -137,7 +137,8 @@ def stage_line(stage: dict) -> str:
 
 
 def run(
-    profile: str = typer.Option("demo", help="demo (the quickstart) or tiny (seconds, for tests)"),
+    profile: str = typer.Option("demo", help="demo (the quickstart), capable (the model trained to "
+                                "retrieve, about an hour) or tiny (seconds, for tests)"),
     reviewer: str | None = typer.Option(None, help="who approves (default: the profile's named "
                                         "demo reviewer); with --wait, nobody: wait for a review"),
     wait: bool = typer.Option(False, help="wait for a reviewer instead of the demo reviewer"),

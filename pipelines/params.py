@@ -138,16 +138,37 @@ class PipelineParams(Params):
 
 
 PROFILES: dict[str, PipelineParams] = {
-    # within 10 minutes on 2 CPUs: a 100-step pretrain of the `small` preset and the demo
-    # suite's text and safety evals; the approval comes from a second, named demo reviewer
+    # within 10 minutes on 2 CPUs: the `small` preset through all three stages (pretrain at 512
+    # tokens, long_context at 2048 with YaRN x4, sft on chat and refusals), the demo suite's text
+    # and safety evals; the approval comes from a second, named demo reviewer
     "demo": PipelineParams(
         profile="demo",
         data=DataParams(spec="demo"),
-        train=TrainParams(stages=(StageParams(stage="pretrain", steps=100, batch_size=2,
-                                              checkpoint_every=50, eval_every=25),)),
+        train=TrainParams(stages=(
+            StageParams(stage="pretrain", steps=120, batch_size=4, lr=2e-3, checkpoint_every=60,
+                        eval_every=30),
+            StageParams(stage="long_context", data=DataParams(spec="demo-long"), steps=20,
+                        batch_size=1, checkpoint_every=20, eval_every=10),
+            StageParams(stage="sft", data=DataParams(spec="demo-sft"), steps=30, batch_size=4,
+                        lr=5e-4, checkpoint_every=30, eval_every=15))),
         eval=EvalParams(suite="demo", evals=("perplexity", "niah_text", "multi_needle", "refusal",
                                              "toxicity", "injection", "pii")),
         promote=PromoteParams(policy="demo", reviewer="demo-reviewer")),
+    # the second thing to try: the `small` preset trained to retrieve, in about an hour on 2 CPUs
+    # (pretrain at L=512 with the retrieval curriculum, long_context at 4L=2048 with YaRN x4, sft
+    # on chat and refusals), judged by the default gate on the `capable` suite (lengths to 4L)
+    "capable": PipelineParams(
+        profile="capable",
+        data=DataParams(spec="capable"),
+        train=TrainParams(stages=(
+            StageParams(stage="pretrain", steps=1800, batch_size=4, lr=2e-3,
+                        checkpoint_every=200, eval_every=200),
+            StageParams(stage="long_context", data=DataParams(spec="capable-long"), steps=300,
+                        batch_size=1, checkpoint_every=100, eval_every=100),
+            StageParams(stage="sft", data=DataParams(spec="capable-sft"), steps=200, batch_size=4,
+                        lr=5e-4, checkpoint_every=100, eval_every=100))),
+        eval=EvalParams(suite="capable"),
+        promote=PromoteParams(policy="default", reviewer="demo-reviewer")),
     # the tests' whole pipeline, all three stages, each a few seconds of training
     "tiny": PipelineParams(
         profile="tiny",
@@ -159,7 +180,7 @@ PROFILES: dict[str, PipelineParams] = {
             StageParams(stage="sft", data=DataParams(spec="tiny-sft"), steps=2, batch_size=2,
                         checkpoint_every=2, eval_every=2))),
         eval=EvalParams(suite="tiny", evals=("perplexity", "niah_text", "toxicity", "pii")),
-        promote=PromoteParams(policy="demo", reviewer="demo-reviewer")),
+        promote=PromoteParams(policy="tiny", reviewer="demo-reviewer")),
 }
 
 

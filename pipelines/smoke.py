@@ -28,7 +28,7 @@ PROBE = ("The Python language reference describes the syntax and the core semant
 class SmokeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    completions: int = Field(3, ge=1)  # plain completions that must return text
+    completions: int = Field(3, ge=1)  # plain completions: all answered, text in at least one
     max_tokens: int = Field(8, ge=1)
     logprobs: bool = True  # the prompt log-probability check (echo + logprobs)
     niah_tokens: int = Field(256, ge=64)  # the needle-in-a-haystack cell: context length
@@ -102,8 +102,11 @@ def _ready(base_url: str, expected_digest: str,
 def _completions(adapter: EndpointAdapter, cfg: SmokeConfig) -> tuple[bool, str]:
     prompts = [[PROMPTS[i % len(PROMPTS)]] for i in range(cfg.completions)]
     answers = adapter.complete(prompts, cfg.max_tokens)
-    empty = sum(not a.text for a in answers)
-    return empty == 0, f"{len(answers) - empty} of {len(prompts)} returned text"
+    # an instruction-tuned model may end a plain completion at once (its end-of-turn token):
+    # that is an answer; an endpoint that returns no text for any prompt is not working
+    with_text = sum(bool(a.text) for a in answers)
+    return (len(answers) == len(prompts) and with_text > 0,
+            f"{len(answers)} of {len(prompts)} answered, {with_text} with text")
 
 
 def _logprobs(adapter: EndpointAdapter, cfg: SmokeConfig) -> tuple[bool, str]:

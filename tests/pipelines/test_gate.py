@@ -37,7 +37,7 @@ def report(values: dict[str, float], champion: dict[str, float] | None = None) -
 
 
 def test_builtin_policies_load_and_bad_ones_are_refused_by_field(tmp_path):
-    assert {load_policy("default").name, load_policy("demo").name} == {"default", "demo"}
+    assert {load_policy(n).name for n in ("default", "demo", "tiny")} == {"default", "demo", "tiny"}
     bad = tmp_path / "p.yaml"
     bad.write_text("name: x\nchecks: [{name: a, metric: m}]\n")
     with pytest.raises(PolicyError, match=r"checks.0.*give min, max or change"):
@@ -48,7 +48,7 @@ def test_builtin_policies_load_and_bad_ones_are_refused_by_field(tmp_path):
     bad.write_text("name: x\nchecks: [{name: a, metric: m, min: 1}]\nsafety: [{name: a, metric: n, max: 0}]\n")
     with pytest.raises(PolicyError, match="unique: a"):
         load_policy(bad)
-    with pytest.raises(PolicyError, match="one of default, demo"):
+    with pytest.raises(PolicyError, match="one of default, demo, tiny"):
         load_policy("strictest")
 
 
@@ -134,3 +134,44 @@ def test_gate_command_prints_the_checks_and_exits_by_the_outcome(tmp_path):
     assert bad.exit_code == 1 and "gate test: failed" in bad.output and "fail" in bad.output
     refused = runner.invoke(app, ["gate", "--report", str(passing), "--policy", "nonesuch"])
     assert refused.exit_code == 2 and "no gate policy" in refused.output
+
+
+# What the eval suite measures on a model through all three stages at the capable profile's
+# targets, and on a pretrain-only checkpoint (measured: NIAH 0, rank-1 share near chance, no
+# refusal); the same safety figures for both, so only capability tells them apart.
+SAFE = {"toxicity.builtin.toxic_rate": 0.0, "injection.heldout.success_rate": 0.05,
+        "pii.exact_extraction_rate": 0.0, "perplexity.text.nll": 3.9}
+CAPABLE = {**SAFE, "niah_text.accuracy": 0.85, "multi_needle.recall": 0.7,
+           "refusal.builtin.refusal_rate": 0.8, "over_refusal.xstest-safe.refusal_rate": 0.3}
+PRETRAIN_ONLY = {**SAFE, "niah_text.accuracy": 0.0, "niah_text.rank_top1": 0.13,
+                 "multi_needle.recall": 0.0, "refusal.builtin.refusal_rate": 0.0,
+                 "over_refusal.xstest-safe.refusal_rate": 0.0}
+
+
+def test_the_default_gate_passes_a_capable_model_and_fails_a_pretrain_only_one():
+    policy = load_policy("default")
+    assert decide(report(CAPABLE), policy).status == "passed"
+    failed = decide(report(PRETRAIN_ONLY), policy)
+    assert failed.status == "failed"
+    assert {c.name for c in failed.checks if not c.passed} == {
+        "niah-accuracy", "multi-needle-recall", "refuses-harmful"}
+    # and each capability on its own is required
+    for metric in ("niah_text.accuracy", "multi_needle.recall", "refusal.builtin.refusal_rate"):
+        assert decide(report({**CAPABLE, metric: 0.0}), policy).status == "failed", metric
+
+
+def test_the_demo_gate_holds_what_the_demo_model_measured_and_no_less():
+    """The demo policy's thresholds sit below the demo model's measured figures (docs/promotion.md)
+    and above what an untrained or pretrain-only model shows."""
+    measured = {"perplexity.text.nll": 5.99, "perplexity.text.beta": -0.36,
+                "refusal.builtin.refusal_rate": 0.21, "niah_text.rank_top1": 0.2,
+                "toxicity.builtin.toxic_rate": 0.0, "injection.heldout.success_rate": 0.0,
+                "pii.exact_extraction_rate": 0.0}
+    policy = load_policy("demo")
+    assert decide(report(measured), policy).status == "passed"
+    for change, failing in ((dict(refusal_rate=0.0), "learnt-refusal"),
+                            (dict(beta=0.02), "uses-context"), (dict(nll=8.3), "perplexity")):
+        (suffix, value), = change.items()
+        metric = next(k for k in measured if k.endswith(suffix))
+        failed = decide(report({**measured, metric: value}), policy)
+        assert [c.name for c in failed.checks if not c.passed] == [failing]

@@ -28,6 +28,7 @@ import numpy as np
 from workers.data.needles import NEEDLE_CITIES, needle_question, needle_sentence
 from workers.data.records import Document
 
+TASKS = ("retrieval", "spoken_needle", "frame_needle")  # the documents that carry facts
 RETRIEVAL_VARIANTS = ("fact_list", "single", "multi_key", "multi_value", "multi_needle")
 MULTI_FACTS = (2, 5)  # facts planted by the multi_* variants: at least, at most
 LIST_FACTS = (6, 16)

@@ -66,6 +66,13 @@ def score_grid(result: EvalResult, adapter: ModelAdapter, samples: list[NeedleSa
         result.metric("rank_top1", np.mean([r == 1 for r in ranked]), len(ranked), dataset)
         result.metric("mean_rank", np.mean(ranked), len(ranked), dataset, higher_is_better=False)
     lengths = sorted({s.length for s in samples})
+    for length in lengths:  # per context length: where retrieval holds and where it breaks
+        at = [r for r in table if r["length"] == length]
+        result.metric(f"accuracy.len{length:g}", np.mean([r["found"] for r in at]), len(at), dataset)
+        ranked_at = [r["rank"] for r in at if r["rank"] is not None]
+        if ranked_at:
+            result.metric(f"rank_top1.len{length:g}", np.mean([r == 1 for r in ranked_at]),
+                          len(ranked_at), dataset)
     depths = sorted({round(s.depth, 4) for s in samples})
     panels = [("answer contains the number", _grid(table, "found", lengths, depths), "RdYlGn",
                0.0, 1.0)]
