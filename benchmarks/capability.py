@@ -15,13 +15,12 @@ xstest_over_refusal, ppl_beta, gate_default_capable, gate_default_pretrain_only,
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
-from _common import console, emit_json, parse_args, print_table
+from _common import emit_json, parse_args, print_table
 
 HELDOUT_HARMFUL = ("advbench", "harmbench", "strongreject", "jailbreakbench")
 
@@ -46,11 +45,13 @@ def main() -> None:
     args = parse_args(__doc__, lambda parser: (
         parser.add_argument("--profile", default=None, help="default: capable (demo with --quick)"),
         parser.add_argument("--safety-data", type=Path, default=None)))
-
     os.environ.setdefault("LONGMIX_HOME", tempfile.mkdtemp(prefix="longmix-capability-"))
+    from pipelines.cli_pipeline import quiet_consoles
+
+    quiet_consoles()  # before Prefect is first imported: it reads its logging settings once
     from infra.services import prefect_settings
     from infra.settings import get_settings
-    from pipelines.cli_pipeline import quiet_consoles, start_services
+    from pipelines.cli_pipeline import down, start_services
     from pipelines.flows import evaluate, train
     from pipelines.gate.decide import decide
     from pipelines.gate.policy import load_policy
@@ -61,52 +62,62 @@ def main() -> None:
     profile = args.profile or ("demo" if args.quick else "capable")
     base = get_profile(profile)
     eval_params = base.eval.model_copy(update={"safety_data": args.safety_data})
-    quiet_consoles()
     settings = get_settings()
     api_url, _ = start_services(settings)
     started = time.perf_counter()
-    with prefect_settings(settings, api_url):
-        chain = train(base.data, base.train)
-        dataset = chain.eval_dataset(eval_params.dataset_stage)
-        evaluation = evaluate(chain.model, dataset, eval_params)
-    report = read_report(Path(evaluation.report))
+    try:
+        with prefect_settings(settings, api_url):
+            chain = train(base.data, base.train)
+            dataset = chain.eval_dataset(eval_params.dataset_stage)
+            evaluation = evaluate(chain.model, dataset, eval_params)
+        report = read_report(Path(evaluation.report))
+        train_len, long_len = chain.stages[0].dataset.seq_len, dataset.seq_len
+        suite = eval_params.suite_config()
+        work = Path(settings.home) / "capability"
+        pretrain_at_4x = stretched_checkpoint(chain.stages[0].result.checkpoint, long_len,
+                                              work / "pretrain-at-4x")
 
-    train_len, long_len = chain.stages[0].dataset.seq_len, dataset.seq_len
-    suite = eval_params.suite_config()
-    before_dir = Path(settings.home) / "capability" / "pretrain-at-4x"
-    before = evaluate_model(
-        str(stretched_checkpoint(chain.stages[0].result.checkpoint, long_len, before_dir / "ckpt")),
-        suite, manifest=dataset.manifest, out=before_dir / "report", settings=settings,
-        log_to_mlflow=False).report
+        def run_suite(model: str, name: str, cfg):
+            return evaluate_model(model, cfg, manifest=dataset.manifest, out=work / name,
+                                  settings=settings, log_to_mlflow=False).report
+
+        # the pretrain-only model through the profile's suite, for the gate; and both models on
+        # one NIAH grid at L and 4L, whatever lengths the suite has
+        before = run_suite(str(pretrain_at_4x), "pretrain-only", suite)
+        grid = suite.model_copy(update={"evals": ("niah_text",), "niah_lengths": tuple(
+            sorted({*suite.niah_lengths, train_len, long_len}))})
+        grid_after = run_suite(chain.model.model_uri, "grid-after", grid)
+        grid_before = run_suite(str(pretrain_at_4x), "grid-before", grid)
+    finally:
+        down()
     policy = load_policy("default")
+    capable_decision, pretrain_decision = decide(report, policy), decide(before, policy)
     heldout = [v for s in HELDOUT_HARMFUL
                if (v := value(report, f"refusal.{s}.refusal_rate")) is not None]
-    minutes = {s.stage: s.minutes for s in chain.lineage.stages}
     figures = {
         "profile": profile, "train_len": train_len, "extended_len": long_len,
-        "niah_at_train_len": value(report, f"niah_text.accuracy.len{train_len}"),
-        "niah_at_4x": value(report, f"niah_text.accuracy.len{long_len}"),
-        "niah_at_4x_before_extension": value(before, f"niah_text.accuracy.len{long_len}"),
-        "niah_rank_top1_at_train_len": value(report, f"niah_text.rank_top1.len{train_len}"),
+        "niah_at_train_len": value(grid_after, f"niah_text.accuracy.len{train_len}"),
+        "niah_at_4x": value(grid_after, f"niah_text.accuracy.len{long_len}"),
+        "niah_at_4x_before_extension": value(grid_before, f"niah_text.accuracy.len{long_len}"),
+        "niah_rank_top1_at_train_len": value(grid_after, f"niah_text.rank_top1.len{train_len}"),
         "niah_rank_top1_chance": 1 / (suite.niah_distractors + 1),
         "multi_needle_recall": value(report, "multi_needle.recall"),
         "refusal_heldout": sum(heldout) / len(heldout) if heldout else None,
         "xstest_over_refusal": value(report, "over_refusal.xstest-safe.refusal_rate"),
         "ppl_beta": value(report, "perplexity.text.beta"),
-        "gate_default_capable": decide(report, policy).status == "passed",
-        "gate_default_pretrain_only": decide(before, policy).status == "passed",
-        "stage_minutes": minutes,
+        "gate_default_capable": capable_decision.status == "passed",
+        "gate_default_pretrain_only": pretrain_decision.status == "passed",
+        "failed_checks_pretrain_only": [c.name for c in pretrain_decision.checks if not c.passed],
+        "stage_minutes": {s.stage: s.minutes for s in chain.lineage.stages},
         "total_minutes": round((time.perf_counter() - started) / 60, 2),
         "report": str(evaluation.report),
     }
-    lengths = sorted({int(m.name.rsplit(".len", 1)[1]) for m in report.metrics
-                      if m.name.startswith("niah_text.accuracy.len")})
-    print_table("text NIAH accuracy by context length (after all stages | pretrain only, no "
-                "extension)", ["length", "after", "pretrain only"],
-                [(n, value(report, f"niah_text.accuracy.len{n}"),
-                  value(before, f"niah_text.accuracy.len{n}")) for n in lengths])
-    console.print(json.dumps({"failed_checks_pretrain_only": [
-        c.name for c in decide(before, policy).checks if not c.passed]}))
+    print_table("text NIAH by context length: accuracy and rank-1 share (after all stages | "
+                "pretrain only, no extension)",
+                ["length", "accuracy after", "accuracy before", "rank-1 after", "rank-1 before"],
+                [(n, *(value(r, f"niah_text.{m}.len{n}") for m in ("accuracy", "rank_top1")
+                       for r in (grid_after, grid_before)))
+                 for n in grid.niah_lengths])
     emit_json(figures)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -146,6 +147,9 @@ def run(
     policy: str | None = typer.Option(None, help="gate policy (default: the profile's)"),
     train_steps: int | None = typer.Option(None, min=1, help="steps of every training stage "
                                            "(default: the profile's)"),
+    safety_data: Path | None = typer.Option(None, help="a folder of the public safety sets "
+                                            "(AdvBench, HarmBench, StrongREJECT, JailbreakBench, "
+                                            "XSTest, ...) for the refusal and over-refusal evals"),
 ) -> None:
     """The whole pipeline — data → train → eval → gate → approval → deploy — on the embedded
     defaults, with a progress display per step and a summary at the end."""
@@ -163,7 +167,11 @@ def run(
         train = base.train.model_dump()
         if train_steps:
             train["stages"] = [{**stage, "steps": train_steps} for stage in train["stages"]]
-        params = get_profile(profile, promote=promote, train=train, deploy="yes" if deploy else "no")
+        evals = base.eval.model_dump()
+        if safety_data:
+            evals["safety_data"] = safety_data
+        params = get_profile(profile, promote=promote, train=train, eval=evals,
+                             deploy="yes" if deploy else "no")
     except (ValueError, ValidationError) as e:
         console.print(f"[red]refused:[/] {e}", highlight=False)
         raise typer.Exit(2) from e

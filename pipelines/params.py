@@ -1,5 +1,6 @@
 """The flows' parameters, typed and validated before any work starts, and the named profiles:
-`demo` (the quickstart, `make run`) and `tiny` (the tests' end-to-end run).
+`demo` (the quickstart, `make run`), `capable` (the model trained to retrieve, about an hour)
+and `tiny` (the tests' end-to-end run).
 
 A profile trains its stages in order (pretrain → long_context → sft), each on its own dataset
 (`StageParams.data`; none: the profile's general `data`) and from the previous stage's weights."""

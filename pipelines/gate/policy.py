@@ -69,7 +69,7 @@ class GatePolicy(BaseModel):
 
 
 def load_policy(name_or_path: str | Path) -> GatePolicy:
-    """A built-in policy by name (`default`, `demo`) or a YAML file."""
+    """A built-in policy by name (`default`, `demo`, `tiny`) or a YAML file."""
     path = Path(name_or_path)
     if not path.suffix and (BUILTIN / f"{name_or_path}.yaml").is_file():
         path = BUILTIN / f"{name_or_path}.yaml"

@@ -136,7 +136,7 @@ def synthetic_documents(spec: CorpusSpec, haystacks: list[str], ctx: ReadContext
     docs: list[Document] = []
     if syn.retrieval:
         docs += retrieval.retrieval_examples(syn.retrieval, haystacks, syn.haystack_tokens * 4,
-                                             seed)
+                                             seed, stream=spec.name)
     if syn.chat:
         docs += synth.chat_examples(syn.chat, syn.refusal_fraction, seed, exclude_hashes=exclude)
     if syn.spoken_needles:
@@ -144,7 +144,7 @@ def synthetic_documents(spec: CorpusSpec, haystacks: list[str], ctx: ReadContext
     if syn.frame_needles:
         docs += media_sources.frame_needle_examples(syn.frame_needles, ctx, seed)
     # no eval needle among the training facts: refused, not mixed in
-    retrieval.check_disjoint([d for d in docs if d.meta.get("task") in retrieval.TASKS])
+    retrieval.check_disjoint([d for d in docs if d.meta.get("task") in retrieval.FACT_TASKS])
     canaries = synth.canary_records(syn.canaries, seed) if syn.canaries else []
     docs += synth.canary_documents(canaries, syn.canary_repeats, seed) if canaries else []
     for d in docs:

@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from model.encoders import MediaError, placeholder_count
 from workers.data.media import audio_item, fit_image, image_item, video_item
-from workers.data.retrieval import Fact, draw_facts
+from workers.data.retrieval import draw_facts, qa_text
 from workers.data.readers import ReadContext, Reader, register
 from workers.data.records import Document, MediaItem, Quarantined
 from workers.data.sources import python_docs_corpus
@@ -514,10 +514,6 @@ _HAYSTACK_TRIES = 24  # sentences synthesised per example, at most, looking for 
 _SHORTEST_SENTENCE_SECONDS = 1.5  # 30 characters take longer: with less time left, nothing fits
 
 
-def _question_and_answer(fact: Fact) -> str:
-    return f"Question: {fact.question} Answer: {fact.value}"
-
-
 def spoken_needle_examples(count: int, haystack_texts: list[str], ctx: ReadContext,
                            seed: int) -> list[Document]:
     """Speech of a few haystack sentences with a fact of the retrieval curriculum spoken among
@@ -553,7 +549,7 @@ def spoken_needle_examples(count: int, haystack_texts: list[str], ctx: ReadConte
         spoken.insert(position, (needle, needle_wave))
         item = audio_item(np.concatenate([wave for _, wave in spoken]), sample_rate, ctx)
         doc = _described(SYNTHETIC_SOURCE, f"synthetic://spoken-needle/{seed}/{i}", item,
-                         _question_and_answer(fact), "",
+                         qa_text(fact.question, fact.value), "",
                          {"task": "spoken_needle", "needle_position": str(position),
                           "transcript": json.dumps([sentence for sentence, _ in spoken]),
                           "voice": voice, "key": fact.key, "value": fact.value}, lead="Listen:")
@@ -593,7 +589,7 @@ def frame_needle_examples(count: int, ctx: ReadContext, seed: int) -> list[Docum
                 sentence = sentences[int(rng.integers(len(sentences)))]
                 frames.append(render_text_frame(sentence, ctx.image_size, seed=frame_seed))
         doc = _described(SYNTHETIC_SOURCE, f"synthetic://frame-needle/{seed}/{i}",
-                         video_item(frames, ctx.video_fps, ctx), _question_and_answer(fact),
+                         video_item(frames, ctx.video_fps, ctx), qa_text(fact.question, fact.value),
                          "; ".join(sorted(licenses)),
                          {"task": "frame_needle", "needle_position": str(position),
                           "key": fact.key, "value": fact.value}, lead="Watch:")

@@ -23,9 +23,13 @@ def needle_question(city: str) -> str:
     return f"What is the special magic {city} number?"
 
 
+def join_names(names: list[str]) -> str:
+    """"A, B and C"."""
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+
+
 def multi_needle_question(cities: list[str]) -> str:
-    names = ", ".join(cities[:-1]) + f" and {cities[-1]}"
-    return f"What are the special magic numbers for {names}?"
+    return f"What are the special magic numbers for {join_names(cities)}?"
 
 
 def draw_needle(rng: np.random.Generator) -> tuple[str, str]:

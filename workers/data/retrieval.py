@@ -21,14 +21,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from workers.data.needles import NEEDLE_CITIES, needle_question, needle_sentence
+from workers.data.needles import NEEDLE_CITIES, join_names, needle_question, needle_sentence
 from workers.data.records import Document
 
-TASKS = ("retrieval", "spoken_needle", "frame_needle")  # the documents that carry facts
+FACT_TASKS = ("retrieval", "spoken_needle", "frame_needle")  # the documents that carry facts
 RETRIEVAL_VARIANTS = ("fact_list", "single", "multi_key", "multi_value", "multi_needle")
 MULTI_FACTS = (2, 5)  # facts planted by the multi_* variants: at least, at most
 LIST_FACTS = (6, 16)
@@ -124,19 +125,19 @@ def draw_facts(rng: np.random.Generator, n: int, one_key: bool = False) -> list[
 
 
 def _list_question(facts: list[Fact]) -> str:
-    names = ", ".join(f.key for f in facts[:-1]) + f" and {facts[-1].key}"
-    return f"List the {facts[0].attr}s of {names}, in that order."
+    return f"List the {facts[0].attr}s of {join_names([f.key for f in facts])}, in that order."
 
 
 # ---------------------------------------------------------------------------------------------
 # Documents
 
 def retrieval_examples(count: int, haystack_texts: list[str], haystack_chars: int,
-                       seed: int) -> list[Document]:
+                       seed: int, stream: str = "") -> list[Document]:
     """`count` retrieval documents, the variants in turn.
 
     haystack_texts must come from the TRAINING split only, so that no evaluation text leaks in.
-    A haystack holds about `haystack_chars` characters. The document's license is left empty: a
+    A haystack holds about `haystack_chars` characters. `stream` (the corpus's name) keeps two
+    corpora with one seed from drawing the same facts. The document's license is left empty: a
     haystack keeps the licenses of the sources it was cut from.
     """
     if not haystack_texts:
@@ -144,7 +145,7 @@ def retrieval_examples(count: int, haystack_texts: list[str], haystack_chars: in
     docs = []
     for i in range(count):
         variant = RETRIEVAL_VARIANTS[i % len(RETRIEVAL_VARIANTS)]
-        rng = np.random.default_rng([seed, i])
+        rng = np.random.default_rng([seed, zlib.crc32(stream.encode()), i])
         if variant == "fact_list":
             text, meta = _fact_list(rng)
         else:
@@ -155,7 +156,8 @@ def retrieval_examples(count: int, haystack_texts: list[str], haystack_chars: in
     return docs
 
 
-def _qa(question: str, answer: str) -> str:
+def qa_text(question: str, answer: str) -> str:
+    """The question/answer frame every retrieval document ends with."""
     return f"Question: {question} Answer: {answer}"
 
 
@@ -167,14 +169,16 @@ def _fact_list(rng: np.random.Generator) -> tuple[str, dict[str, str]]:
             lines.append(str(rng.choice(FILLER)))
         lines.append(fact.statement)
     asked = [facts[int(i)] for i in rng.permutation(len(facts))[:LIST_QUESTIONS]]
-    questions = "\n".join(_qa(f.question, f.value) for f in asked)
-    return " ".join(lines) + "\n\n" + questions, {"answer": ", ".join(f.value for f in asked)}
+    questions = "\n".join(qa_text(f.question, f.value) for f in asked)
+    return " ".join(lines) + "\n\n" + questions, {
+        "answer": ", ".join(f.value for f in asked),
+        "facts": json.dumps([f.statement for f in facts])}
 
 
 def _haystack_example(variant: str, texts: list[str], chars: int,
                       rng: np.random.Generator) -> tuple[str, dict[str, str]]:
     n = 1 if variant == "single" else int(rng.integers(MULTI_FACTS[0], MULTI_FACTS[1] + 1))
-    haystack, breaks = haystack_with_room(texts, chars, 1, rng)
+    haystack, breaks = haystack_with_room(texts, chars, rng)
     facts = draw_facts(rng, n, one_key=variant == "multi_value")
     # A break is as likely as the stretch of text it opens is long: depth is uniform, snapped back.
     weights = np.diff([*breaks, len(haystack)]) / len(haystack)
@@ -183,14 +187,14 @@ def _haystack_example(variant: str, texts: list[str], chars: int,
                                                    p=weights))
     text = insert_sentences(haystack, positions, [f.statement for f in facts])
     if variant == "multi_value":  # values in reading order
-        qa = _qa(f"What are all the values of the {facts[0].attr} of {facts[0].key}?",
+        qa = qa_text(f"What are all the values of the {facts[0].attr} of {facts[0].key}?",
                  ", ".join(f.value for f in facts))
     elif variant == "multi_needle":
         asked = [facts[int(i)] for i in rng.permutation(n)]
-        qa = _qa(_list_question(asked), ", ".join(f.value for f in asked))
+        qa = qa_text(_list_question(asked), ", ".join(f.value for f in asked))
     else:  # single, multi_key: one fact asked, the others distract
         fact = facts[int(rng.integers(n))]
-        qa = _qa(fact.question, fact.value)
+        qa = qa_text(fact.question, fact.value)
     depths = ",".join(f"{p / len(haystack):.3f}" for p in positions)
     return f"{text}\n\n{qa}", {"depth": depths, "answer": qa.rsplit("Answer: ", 1)[1],
                                 "facts": json.dumps([f.statement for f in facts])}
@@ -201,16 +205,15 @@ def sentence_breaks(text: str) -> list[int]:
     return [0] + [m.end() for m in SENTENCE_BREAK.finditer(text) if m.end() < len(text)]
 
 
-def haystack_with_room(texts: list[str], chars: int, sentences: int,
+def haystack_with_room(texts: list[str], chars: int,
                        rng: np.random.Generator) -> tuple[str, list[int]]:
+    """About `chars` characters of the texts, cut at sentence ends, and its sentence breaks."""
     for _ in range(HAYSTACK_DRAWS):
         haystack = _haystack(texts, chars, rng)
-        breaks = sentence_breaks(haystack)
-        if len(haystack) >= chars // 2 and len(breaks) >= sentences:
-            return haystack, breaks
+        if len(haystack) >= chars // 2:
+            return haystack, sentence_breaks(haystack)
     raise ValueError(f"haystack_texts have too few sentence breaks ('. ' or '.\\n'): no "
-                     f"haystack of about {chars} characters with room for {sentences} "
-                     f"sentences in {HAYSTACK_DRAWS} draws")
+                     f"haystack of about {chars} characters in {HAYSTACK_DRAWS} draws")
 
 
 def _haystack(texts: list[str], chars: int, rng: np.random.Generator) -> str:
@@ -253,12 +256,15 @@ def eval_template_hashes() -> set[str]:
 
 def check_disjoint(docs: list[Document]) -> None:
     """Refuse training retrieval text that contains the eval's needle wording, one of its keys
-    (the cities) as a fact's key, or a value in its format (seven digits)."""
+    (the cities) as a fact's key, or a value in its format (seven digits): the wording anywhere
+    in the document, keys and values in its facts, its questions and its answers."""
     if template_hashes() & eval_template_hashes():
         raise ValueError("a training retrieval template is the eval needle's template")
     cities = re.compile(r"\b(" + "|".join(NEEDLE_CITIES) + r")\b")
     for doc in docs:
-        facts = doc.text.rsplit("\n\n", 1)[-1] + doc.meta.get("answer", "")
+        facts = "\n".join([*json.loads(doc.meta.get("facts", "[]")), doc.meta.get("key", ""),
+                           doc.meta.get("value", ""), doc.meta.get("answer", ""),
+                           doc.text.rsplit("\n\n", 1)[-1]])
         for what, pattern, text in (("the eval needle's wording", EVAL_NEEDLE, doc.text),
                                     ("a seven-digit value", EVAL_VALUE, facts),
                                     ("an eval city as a key", cities, facts)):

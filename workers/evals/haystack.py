@@ -30,7 +30,7 @@ def haystack(adapter: ModelAdapter, texts: list[str], tokens: int, cpt: float,
     model counts more: text varies in density (code takes more tokens than prose)."""
     chars = max(int(tokens * cpt), 1)
     for _ in range(FIT_TRIES):
-        text = haystack_with_room(texts, chars, 1, rng)[0]
+        text = haystack_with_room(texts, chars, rng)[0]
         counted = adapter.count_tokens(text)
         if counted <= tokens:
             return text

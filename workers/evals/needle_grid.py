@@ -68,10 +68,11 @@ def score_grid(result: EvalResult, adapter: ModelAdapter, samples: list[NeedleSa
     lengths = sorted({s.length for s in samples})
     for length in lengths:  # per context length: where retrieval holds and where it breaks
         at = [r for r in table if r["length"] == length]
-        result.metric(f"accuracy.len{length:g}", np.mean([r["found"] for r in at]), len(at), dataset)
+        label = length_label_of(length)
+        result.metric(f"accuracy.{label}", np.mean([r["found"] for r in at]), len(at), dataset)
         ranked_at = [r["rank"] for r in at if r["rank"] is not None]
         if ranked_at:
-            result.metric(f"rank_top1.len{length:g}", np.mean([r == 1 for r in ranked_at]),
+            result.metric(f"rank_top1.{label}", np.mean([r == 1 for r in ranked_at]),
                           len(ranked_at), dataset)
     depths = sorted({round(s.depth, 4) for s in samples})
     panels = [("answer contains the number", _grid(table, "found", lengths, depths), "RdYlGn",
@@ -81,6 +82,11 @@ def score_grid(result: EvalResult, adapter: ModelAdapter, samples: list[NeedleSa
                        _grid(table, "rank", lengths, depths), "RdYlGn_r", 1.0,
                        float(distractors + 1)))
     result.figures[f"{result.eval}_heatmap.png"] = heatmaps(panels, lengths, depths, length_label)
+
+
+def length_label_of(length: float) -> str:
+    """A grid length as a metric name part: len512, len2048, len12.5 (seconds)."""
+    return f"len{int(length)}" if float(length).is_integer() else f"len{float(length)}"
 
 
 def _grid(table: list[dict], key: str, lengths: list, depths: list) -> np.ndarray:

@@ -105,3 +105,9 @@ def test_an_eval_needle_in_training_text_is_refused(corpus):
 def test_retrieval_refuses_texts_without_sentence_breaks():
     with pytest.raises(ValueError, match="sentence breaks"):
         retrieval_examples(2, ["no full stop anywhere in this text " * 200], 1500, seed=0)
+
+
+def test_two_corpora_with_one_seed_draw_different_facts(corpus):
+    pretrain = retrieval_examples(5, corpus, 1500, seed=0, stream="demo")
+    long = retrieval_examples(5, corpus, 1500, seed=0, stream="demo-long")
+    assert not {d.text for d in pretrain} & {d.text for d in long}
