@@ -15,8 +15,8 @@ UI: open the model version, add the tag. From a shell: `longmix approve NAME/VER
 NAME` or `longmix reject NAME/VERSION --reviewer NAME --reason "..."` (both call `review`).
 
 The flow calls `request_review` after the gate passed, then `wait_for_review`, which polls the
-tag and checks it with `validate_review`. An accepted approval becomes a receipt (DESIGN.md
-contract 6): a record in the audit log, the version tags `approval.status=approved`,
+tag and checks it with `validate_review`. An accepted approval becomes a receipt (contract 6,
+docs/contracts.md): a record in the audit log, the version tags `approval.status=approved`,
 `approval.reviewer`, `approval.receipt=<the audit record's hash>`, and the artifact
 `approval/<name>-v<version>-receipt.json` on the version's run. A deploy calls `check_approved`
 just before deploying: the receipt must hold in the audit log, not be expired, and the

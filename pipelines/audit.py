@@ -1,4 +1,4 @@
-"""A hash-chained, append-only audit log in storage (DESIGN.md contract 6).
+"""A hash-chained, append-only audit log in storage (contract 6, docs/contracts.md).
 
 Every gate decision, review request, approval, rejection, override, deploy and rollback is one
 record: one JSON object per record at `<audit_uri>/<seq:08d>.json`, never overwritten. Each

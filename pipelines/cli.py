@@ -332,8 +332,8 @@ def eval_cmd(
     evals: str | None = typer.Option(None, help="comma-separated subset of the suite's evals"),
     lengths: str | None = typer.Option(None, help="NIAH context lengths in tokens, e.g. 256,512"),
     depths: int | None = typer.Option(None, min=1, help="NIAH depths, linearly spaced 0..100%"),
-    safety_data: Path | None = typer.Option(None, help="folder of public safety sets laid out as "
-                                            "../shared/data/safety"),
+    safety_data: Path | None = typer.Option(None, help="folder of public safety sets (layout: "
+                                            "docs/evals.md, Safety data)"),
     api_key: str | None = typer.Option(None, envvar="LONGMIX_EVAL_API_KEY",
                                        help="bearer token of the endpoint"),
     endpoint_model: str | None = typer.Option(None, help="model name at the endpoint (default: "

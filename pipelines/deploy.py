@@ -1,4 +1,4 @@
-"""Blue/green deployment of an approved model version (DESIGN.md "Promotion", contract 7).
+"""Blue/green deployment of an approved model version (docs/promotion.md; contract 7, docs/contracts.md).
 
 The candidate starts beside the version that serves now and takes no traffic; it must pass a
 smoke evaluation through its live OpenAI API (pipelines/smoke.py); only then does it take the

@@ -61,7 +61,7 @@ class TrainParams(Params):
 class EvalParams(Params):
     suite: str = "demo"
     evals: tuple[str, ...] | None = None  # a subset of the suite's evals; None: all of them
-    safety_data: Path | None = None  # public safety sets laid out as ../shared/data/safety
+    safety_data: Path | None = None  # public safety sets (layout: docs/evals.md, "Safety data")
     # whose dataset the evals read (its test split, its canaries); None: the stage packed longest,
     # so that perplexity-vs-position reaches the extended context
     dataset_stage: Stage | None = None

@@ -1,4 +1,4 @@
-"""Apply a gate policy to an eval report: the gate decision (contract 5), and reviewer overrides."""
+"""Apply a gate policy to an eval report: the gate decision (docs/contracts.md, 5), and reviewer overrides."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The dataset manifest (contract 2): the shards with their row and token counts per modality
+"""The dataset manifest (contract 2, docs/contracts.md): the shards with their row and token counts per modality
 and sha256, the tokenizer's digest, the quarantine report, the canaries, and the corpus spec it
 came from. Training reads only this document, and verifies it before any worker starts."""
 

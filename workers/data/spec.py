@@ -1,4 +1,4 @@
-"""The corpus spec (contract 1): which sources, how to clean, split, pack and what synthetic
+"""The corpus spec (contract 1, docs/contracts.md): which sources, how to clean, split, pack and what synthetic
 tasks to mix in. YAML on disk, validated with pydantic before any work starts."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ refusals and answers (workers/data/instructions.yaml: terse refusals like the on
 learn, which XSTest's chatty completions lack), and measure each scorer's accuracy on XSTest
 completions of a model left out of the fit (five folds, one per model).
 
-    python -m workers.evals.refusal_calibration ../shared/data/safety/xstest [--write]
+    python -m workers.evals.refusal_calibration SAFETY_DATA/xstest [--write]
 
 --write stores the heads (fitted on all five models) and the held-out accuracies in
 refusal_heads.json. Nothing of XSTest itself is stored: only 385 weights per head.

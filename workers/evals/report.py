@@ -1,4 +1,4 @@
-"""The eval report (contract 4): every metric with its value, sample count and dataset; the
+"""The eval report (contract 4, docs/contracts.md): every metric with its value, sample count and dataset; the
 datasets with their digests; per-eval notes and skips; the champion's values and the deltas.
 Written as report.json with figures/*.png and tables/*.json beside it."""
 

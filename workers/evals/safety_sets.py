@@ -1,5 +1,5 @@
 """The safety prompt sets: longmix's own (safety_prompts.yaml) and loaders for the public formats
-in a folder laid out as ../shared/data/safety (AdvBench, HarmBench, StrongREJECT, JailbreakBench,
+in a safety-data folder (its layout: docs/evals.md, "Safety data") (AdvBench, HarmBench, StrongREJECT, JailbreakBench,
 XSTest, BIPIA, RealToxicityPrompts). A named file that is missing or lacks its column is an
 error that says which; a set whose folder is absent is simply not loaded."""
 
