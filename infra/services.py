@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 from infra.settings import Settings
 
@@ -34,24 +35,27 @@ class Service:
     name: str
     pid: int
     url: str
-
+    started: float  # the process's start time (psutil): a reused pid has another
 
 def _record(settings: Settings, name: str) -> Path:
     return settings.home.resolve() / "services" / f"{name}.json"
 
 
-def process_alive(pid: int) -> bool:
+def process_alive(pid: int, started: float | None = None) -> bool:
+    """Whether the process runs, and (given `started`) is the one that started then, not
+    another that was given the same pid later."""
     try:
         os.waitpid(pid, os.WNOHANG)  # reap it if it is this process's child that has ended
     except ChildProcessError:
         pass  # not a child of this process
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        return (process.status() != psutil.STATUS_ZOMBIE
+                and (started is None or abs(process.create_time() - started) < 0.01))
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True  # alive, another user's
-    return True
 
 
 def _healthy(url: str) -> bool:
@@ -65,8 +69,11 @@ def running(settings: Settings, name: str) -> Service | None:
     path = _record(settings, name)
     if not path.is_file():
         return None
-    service = Service(**json.loads(path.read_text()))
-    return service if process_alive(service.pid) else None
+    try:
+        service = Service(**json.loads(path.read_text()))
+    except (TypeError, ValueError):  # written by an older longmix, without the start time
+        return None
+    return service if process_alive(service.pid, service.started) else None
 
 
 def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
@@ -97,7 +104,7 @@ def start(settings: Settings, name: str, argv: list[str], health: str, env: dict
             proc.kill()
             raise ServiceError(f"{name} did not start on {url}; see {log}")
         time.sleep(0.5)
-    service = Service(name, proc.pid, url)
+    service = Service(name, proc.pid, url, psutil.Process(proc.pid).create_time())
     path.write_text(json.dumps(asdict(service)))
     return service
 

@@ -29,8 +29,12 @@ def test_unknown_preset_and_fields_are_refused():
 def test_presets_round_trip_and_count_parameters():
     for name, cfg in PRESETS.items():
         assert ModelConfig.from_dict(cfg.to_dict()) == cfg, name
-    tiny = get_preset("tiny")
-    assert Transformer(tiny).num_parameters() == tiny.param_counts()["total"]
+    # every kind of layer counted: dense layers, shared experts, tied embeddings
+    for cfg in (get_preset("tiny"), get_preset("tiny", n_dense_layers=1),
+                get_preset("tiny", n_shared_experts=1), get_preset("tiny", tie_embeddings=True),
+                get_preset("tiny", n_layers=3, n_dense_layers=1, n_shared_experts=1,
+                           tie_embeddings=True)):
+        assert Transformer(cfg).num_parameters() == cfg.param_counts()["total"], cfg
     base = get_preset("base").param_counts()
     assert base["active"] >= 100e6 and base["total"] > 3 * base["active"]
 

@@ -14,7 +14,10 @@ def model(tiny_cfg):
 def test_greedy_generation_follows_the_argmax_of_the_full_forward(model, tokenizer):
     prompt = tokenizer.encode("def main():", bos=True)
     gen = generate(model, tokenizer, prompt, SamplingParams(max_new_tokens=8, prefill_chunk=3))
-    assert gen.finish_reason in ("length", "stop") and gen.prompt_tokens == len(prompt)
+    stopped = EOS_ID in gen.token_ids
+    assert gen.finish_reason == ("stop" if stopped else "length")
+    assert len(gen.token_ids) == 8 or stopped
+    assert gen.prompt_tokens == len(prompt)
     seq = prompt + gen.token_ids
     with torch.no_grad():
         logp = model(torch.tensor([seq])).logits[0]

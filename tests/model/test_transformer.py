@@ -2,6 +2,7 @@ import torch
 
 from model.attention import KVCache
 from model.generate import prefill
+from model.moe import RoutingStats
 from model.transformer import Transformer, next_token_loss, positions_in_document
 
 
@@ -73,8 +74,15 @@ def test_routing_statistics_cover_every_moe_layer(tiny_cfg):
     for stats in out.routing:
         assert int(stats.tokens_per_expert.sum()) == 2 * 16 * cfg.top_k
         assert 0 < float(stats.router_entropy) <= torch.log(torch.tensor(cfg.n_experts)) + 1e-5
-        assert stats.max_over_mean_load >= 1.0
+        assert 1.0 <= stats.max_over_mean_load <= cfg.n_experts
     assert out.aux_loss > 0 and out.z_loss > 0
+
+
+def test_max_over_mean_load_reads_the_busiest_expert_against_the_mean():
+    zero = torch.tensor(0.0)
+    skewed = RoutingStats(zero, zero, torch.tensor([6, 2, 0, 0]), zero)
+    even = RoutingStats(zero, zero, torch.tensor([2, 2, 2, 2]), zero)
+    assert skewed.max_over_mean_load == 3.0 and even.max_over_mean_load == 1.0
 
 
 def test_tiny_preset_overfits_a_small_batch(tiny_cfg):

@@ -2,7 +2,7 @@
 deployed keeps serving after the command that deployed it ends (a Ray started inside a command
 dies with it). `python -m workers.serve.host` runs until SIGTERM; `start_host` starts it once
 (a new session, logs to HOME/serve/host.log), `connect` attaches this process to its Ray, and
-`stop_host` ends it. HOME/serve/host.json says where it is: {pid, ray_address, url}.
+`stop_host` ends it. HOME/serve/host.json says where it is: {pid, started, ray_address, url}.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
+
 from infra.services import free_port, process_alive
 from infra.settings import Settings
 from workers.serve.request_guard import load_api_keys
@@ -34,6 +36,7 @@ class HostError(RuntimeError):
 @dataclass(frozen=True)
 class HostInfo:
     pid: int
+    started: float  # the process's start time (psutil): a reused pid has another
     ray_address: str  # the host's Ray (GCS address), for ray.init(address=...)
     url: str  # Serve's HTTP proxy: http://HOST:PORT
 
@@ -52,7 +55,7 @@ def running_host(settings: Settings) -> HostInfo | None:
         info = HostInfo(**json.loads(_info_path(settings).read_text()))
     except (OSError, ValueError, TypeError):
         return None
-    return info if process_alive(info.pid) else None
+    return info if process_alive(info.pid, info.started) else None
 
 
 def start_host(settings: Settings) -> HostInfo:
@@ -111,9 +114,9 @@ def stop_host(settings: Settings) -> bool:
         return False
     os.kill(info.pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    while process_alive(info.pid) and time.monotonic() < deadline:
+    while process_alive(info.pid, info.started) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if process_alive(info.pid):  # its own session: the group is the host and what it started
+    if process_alive(info.pid, info.started):  # its own session: the group is the host and what it started
         os.killpg(info.pid, signal.SIGKILL)
     _info_path(settings).unlink(missing_ok=True)
     return True
@@ -154,8 +157,8 @@ def _serve(args: argparse.Namespace) -> None:
     import ray
 
     serve.start(http_options={"host": args.host, "port": args.port})
-    info = HostInfo(os.getpid(), ray.get_runtime_context().gcs_address,
-                    f"http://{args.host}:{args.port}")
+    info = HostInfo(os.getpid(), psutil.Process().create_time(),
+                    ray.get_runtime_context().gcs_address, f"http://{args.host}:{args.port}")
     path = _info_path(settings)
     path.with_suffix(".tmp").write_text(json.dumps(asdict(info)))
     path.with_suffix(".tmp").replace(path)  # whole or absent: readers never see half a file

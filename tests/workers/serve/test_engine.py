@@ -57,7 +57,10 @@ def test_seeded_sampling_and_stop_strings_match_generate(model, tokenizer):
     for request, got in zip(requests, results):
         expected = generate(model, tokenizer, request.prompt_ids, request.params, top_logprobs=3)
         assert got.token_ids == expected.token_ids and got.text == expected.text
-        assert [list(t) for t in got.top_logprobs] == [list(t) for t in expected.top_logprobs]
+        assert len(got.top_logprobs) == len(expected.top_logprobs)
+        for mine, theirs in zip(got.top_logprobs, expected.top_logprobs):
+            assert list(mine) == list(theirs)  # the same tokens, in rank order
+            assert list(mine.values()) == pytest.approx(list(theirs.values()), abs=1e-4)
     assert results[2].finish_reason == "stop" and stop not in results[2].text
 
 
@@ -77,7 +80,12 @@ def test_prompt_scores_equal_model_generate_score(model, tokenizer):
     scores = asyncio.run(engine.score_prompt(ids, None, top_n=2))
     assert scores.logprobs[0] is None
     assert torch.tensor(scores.logprobs[1:]).tolist() == score(model, ids).tolist()
-    assert all(len(t) == 2 for t in scores.top_logprobs[1:])
+    with torch.no_grad():
+        logp = model(torch.tensor([ids])).logits[0].log_softmax(-1)  # (T, V)
+    for position, top in enumerate(scores.top_logprobs[1:]):
+        values, tokens = logp[position].topk(2)
+        assert list(top) == tokens.tolist()
+        assert list(top.values()) == pytest.approx(values.tolist(), abs=1e-4)
 
 
 def test_a_batched_prefill_fills_each_cache_as_a_prefill_of_its_own(model, tokenizer, tiny_cfg):

@@ -17,6 +17,7 @@ from infra.tracking import configure_mlflow
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_digest
 from model.config import get_preset
 from model.encoders import Media
+from model.generate import SamplingParams, generate
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 from workers.data.pack import PackedSequences
@@ -185,7 +186,10 @@ def test_checkpoint_is_logged_registered_served_and_downloaded(tracking, checkpo
 
     outputs = mlflow.pyfunc.load_model("models:/longmix-tiny/1").predict(
         ["def f(", "import os"], params={"max_new_tokens": 4})
-    assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs) and any(outputs)
+    model, tokenizer = load_checkpoint(checkpoint)  # the pyfunc is greedy generate
+    assert outputs == [generate(model.eval(), tokenizer, tokenizer.encode(p, bos=True),
+                                SamplingParams(max_new_tokens=4)).text
+                       for p in ("def f(", "import os")]
 
     tracking.client.set_registered_model_alias("longmix-tiny", "champion", "2")
     fetched = download_checkpoint("models:/longmix-tiny@champion", tmp_path / "serve" / "ckpt")

@@ -1,0 +1,49 @@
+"""Service records: `longmix down` stops the process it started, never another that was given
+the same pid after it ended."""
+
+import json
+import os
+import subprocess
+import sys
+
+import psutil
+
+from infra import services
+from infra.settings import Settings
+
+
+def write_record(settings: Settings, name: str, pid: int, started: float) -> None:
+    path = settings.home / "services" / f"{name}.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"name": name, "pid": pid, "url": "http://127.0.0.1:1",
+                                "started": started}))
+
+
+def test_a_live_process_with_the_recorded_start_time_is_the_service(tmp_path):
+    settings = Settings(home=tmp_path)
+    write_record(settings, "mlflow", os.getpid(), psutil.Process().create_time())
+    assert services.running(settings, "mlflow").pid == os.getpid()
+
+
+def test_a_reused_pid_is_not_taken_for_the_service_and_is_not_killed(tmp_path):
+    settings = Settings(home=tmp_path)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                 start_new_session=True)
+    try:  # the record names the bystander's pid, but a process that started earlier
+        write_record(settings, "mlflow", bystander.pid,
+                     psutil.Process(bystander.pid).create_time() - 5.0)
+        assert services.running(settings, "mlflow") is None
+        assert services.stop(settings, "mlflow") is False
+        assert bystander.poll() is None  # still running
+        assert not (settings.home / "services" / "mlflow.json").exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_record_without_a_start_time_is_stale(tmp_path):
+    settings = Settings(home=tmp_path)
+    path = settings.home / "services" / "prefect.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"name": "prefect", "pid": os.getpid(), "url": "http://x"}))
+    assert services.running(settings, "prefect") is None
