@@ -9,6 +9,12 @@ METRICS = ("ray_longmix_requests_total", "ray_longmix_request_latency_s_bucket",
            "ray_longmix_batch_size_bucket")
 
 
+def exported_total(exported: str, name: str) -> float:
+    """The sum of a metric's exported series."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in exported.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
+
+
 def completions_answered(exported: str) -> float:
     """The exported count of 200s on /v1/completions."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in exported.splitlines()
@@ -29,3 +35,7 @@ def test_requests_latency_tokens_and_batch_sizes_are_exported(server, ray_local)
         time.sleep(1)
     assert [name for name in METRICS if name not in exported] == []
     assert completions_answered(exported) >= 1
+    # the values count what was served: this request's tokens at least, and a latency observed
+    assert exported_total(exported, "ray_longmix_generated_tokens_total") >= \
+        reply.json()["usage"]["completion_tokens"] >= 1
+    assert exported_total(exported, "ray_longmix_request_latency_s_count") >= 1
