@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +28,14 @@ class CheckpointError(ValueError):
     """A checkpoint is missing a file, or a file does not match its recorded digest."""
 
 
+@dataclass(frozen=True)
+class DigestRecord:
+    """Contract 3's digest.json: the sha256 of every other file of the checkpoint folder."""
+
+    format_version: int
+    files: dict[str, str]  # path relative to the folder -> sha256
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -39,7 +48,7 @@ def write_digest(folder: Path) -> dict[str, str]:
     """Record the sha256 of every file in the folder (recursively) in digest.json."""
     files = {p.relative_to(folder).as_posix(): sha256_file(p)
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != DIGEST}
-    (folder / DIGEST).write_text(json.dumps({"format_version": FORMAT_VERSION, "files": files},
+    (folder / DIGEST).write_text(json.dumps(asdict(DigestRecord(FORMAT_VERSION, files)),
                                             indent=2, sort_keys=True))
     return files
 

@@ -10,6 +10,7 @@ from collections import Counter
 
 import numpy as np
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from infra.storage import absolute, exists, join, list_files, read_bytes, resolve, write_bytes
 from model.tokenizer import PAD_ID, PLACEHOLDER_IDS
@@ -22,6 +23,73 @@ DOCUMENTS_NAME = "documents.parquet"  # every document kept: source, uri, split,
 
 class ManifestError(ValueError):
     """A manifest is unreadable, or a file it names is missing or does not match its digest."""
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")  # later fields are additions, not a new version
+
+
+class FileEntry(_Open):
+    path: str  # relative to the dataset folder
+    sha256: str
+
+
+class ShardEntry(FileEntry):
+    rows: int
+    tokens: dict[str, int]  # non-padding tokens by modality (placeholders count for their medium)
+
+
+class SplitEntry(_Open):
+    rows: int
+    tokens: dict[str, int]
+    shards: list[ShardEntry]
+
+
+class TokenizerEntry(FileEntry):
+    vocab_size: int
+
+
+class DocumentsEntry(FileEntry):
+    documents: int
+
+
+class SourceEntry(_Open):
+    name: str
+    reader: str
+    location: str | None
+    modality: str
+    weight: float
+    license: str
+
+
+class QuarantineEntry(_Open):
+    count: int
+    by_reason_kind: dict[str, int]
+    records: list[dict]  # each rejected input: its source, uri, stage and reason
+
+
+class Manifest(_Open):
+    """Contract 2: what a dataset build wrote, as `manifest.json` holds it."""
+
+    kind: str  # "longmix.dataset"
+    schema_version: int
+    digest: str  # manifest_digest: sha256 of the rest, without created_at
+    name: str
+    created_at: str
+    spec: dict  # the corpus spec (contract 1) it was built from
+    spec_sha256: str
+    preset: str
+    seq_len: int
+    tokenizer: TokenizerEntry
+    media: dict
+    documents_index: DocumentsEntry
+    sources: list[SourceEntry]
+    synthetic: dict
+    duplicates_removed: int
+    pii_scrubbed: dict
+    quarantine: QuarantineEntry
+    canaries: list[dict]
+    splits: dict[str, SplitEntry]
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -85,6 +153,11 @@ def read_manifest(uri: str) -> dict:
                             f"expected {SCHEMA_VERSION}")
     if manifest.get("digest") != manifest_digest(manifest):
         raise ManifestError(f"{uri}: the manifest's content does not match its digest (edited?)")
+    try:
+        Manifest.model_validate(manifest)
+    except ValidationError as e:
+        raise ManifestError(f"{uri}: not a dataset manifest ({e.error_count()} problems: "
+                            f"{e.errors()[0]['loc']}: {e.errors()[0]['msg']})") from None
     manifest["uri"] = uri
     return manifest
 

@@ -2,6 +2,7 @@
 
 import json
 
+import jsonschema
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -12,7 +13,8 @@ from model.encoders import Media, placeholder_count
 from model.tokenizer import PLACEHOLDER_IDS, Tokenizer
 from model.transformer import Transformer
 from workers.data.build import BuildError, build_dataset
-from workers.data.manifest import ManifestError, read_manifest, verify_manifest
+from pipelines.contracts import SCHEMA_DIR
+from workers.data.manifest import ManifestError, manifest_digest, read_manifest, verify_manifest
 from workers.data.records import MEDIA_DTYPES
 from workers.data.runners import InProcessRunner
 from workers.data.spec import load_spec, parse_spec
@@ -160,3 +162,17 @@ def test_the_same_pipeline_writes_to_s3(ray_local, s3_server, tmp_path):
         Bucket=s3_server["bucket"], Prefix="datasets/s3/")["Contents"]}
     assert "datasets/s3/manifest.json" in keys and any(k.startswith("datasets/s3/train/") for k in keys)
     assert not any("_staging" in k for k in keys)
+
+
+def test_the_manifest_follows_its_published_schema_and_a_malformed_one_is_refused(tiny_build,
+                                                                                  tmp_path):
+    out, _, _ = tiny_build
+    written = json.loads((out / "manifest.json").read_text())
+    schema = json.loads((SCHEMA_DIR / "2-dataset-manifest.json").read_text())
+    jsonschema.validate(written, schema)
+
+    broken = {k: v for k, v in written.items() if k != "splits"}
+    broken["digest"] = manifest_digest(broken)  # well sealed, but not a manifest
+    (tmp_path / "manifest.json").write_text(json.dumps(broken))
+    with pytest.raises(ManifestError, match="splits"):
+        read_manifest(str(tmp_path))
