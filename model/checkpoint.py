@@ -53,6 +53,14 @@ def write_digest(folder: Path) -> dict[str, str]:
     return files
 
 
+def checkpoint_digest(folder: str | Path) -> str:
+    """One sha256 for the whole checkpoint (over digest.json), once every file matches it: the
+    `longmix.digest` that registry versions, approvals and deployments name."""
+    folder = Path(folder)
+    verify_digest(folder)
+    return hashlib.sha256((folder / DIGEST).read_bytes()).hexdigest()
+
+
 def verify_digest(folder: Path) -> dict[str, str]:
     """Check each file against digest.json; raise CheckpointError naming the first bad file."""
     digest_path = folder / DIGEST

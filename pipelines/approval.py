@@ -37,10 +37,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from infra.registry import DIGEST_TAG, download_checkpoint
 from infra.settings import Settings
 from model.checkpoint import CheckpointError
 from pipelines.audit import AuditError, audit_log
-from workers.train.mlflow_model import DIGEST_TAG, download_checkpoint
 
 REVIEW_TAG = "longmix.review"
 STATUS_TAG = "approval.status"  # pending, approved, rejected

@@ -20,6 +20,7 @@ from typing import Literal, Protocol
 from mlflow import MlflowClient
 from pydantic import BaseModel
 
+from infra.registry import DIGEST_TAG
 from infra.settings import Settings
 from infra.storage import exists, join, read_bytes, write_bytes
 from pipelines.audit import audit_log
@@ -27,7 +28,6 @@ from pipelines.smoke import SmokeConfig, SmokeResult, smoke_check
 from workers.serve.host import api_key, stop_host, with_api_key
 from workers.serve.request_guard import load_api_keys
 from workers.serve.local_target import LocalServeTarget
-from workers.train.mlflow_model import DIGEST_TAG
 
 __all__ = ["ServingTarget", "LocalServeTarget", "DeploymentRecord", "DeployError", "SmokeConfig",
            "SmokeResult", "deploy", "rollback", "current_deployment", "target_for", "stop_host"]

@@ -126,8 +126,8 @@ def _stage_key(context, p) -> str:
 
 
 def _eval_key(context, p) -> str:
+    from infra.registry import DIGEST_TAG, registered_version
     from workers.evals.suite import default_champion
-    from workers.train.mlflow_model import DIGEST_TAG, registered_version
 
     champion = default_champion(p["model"].model_uri)
     champion_digest = registered_version(champion).tags.get(DIGEST_TAG) if champion else None

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from infra.digests import json_digest
-from workers.train.mlflow_model import DIGEST_TAG
+from infra.registry import DIGEST_TAG
 
 LINEAGE_TAG = "longmix.lineage"
 

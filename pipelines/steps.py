@@ -172,9 +172,9 @@ def registered_with_key(name: str, key: str):
 def train_stage_step(dataset: DatasetRef, stage: StageParams, train: TrainParams,
                      previous: StageResult | None, register: bool, settings: Settings) -> StageResult:
     """Train one stage from the previous stage's checkpoint; register the version when asked."""
+    from infra.registry import DIGEST_TAG
     from infra.tracking import configure_mlflow
     from workers.train.config import parse_train_config
-    from workers.train.mlflow_model import DIGEST_TAG
     from workers.train.trainer import train as run_training
 
     key = stage_key(dataset, stage, train, previous)

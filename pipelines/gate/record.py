@@ -5,8 +5,8 @@ again under the same policy."""
 
 from __future__ import annotations
 
+from infra.registry import DIGEST_TAG
 from pipelines.gate.decide import GateDecision, GateError, override
-from workers.train.mlflow_model import DIGEST_TAG
 
 
 def check_tag(decision: GateDecision, name: str) -> str:

@@ -10,6 +10,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from infra.registry import DIGEST_TAG, log_checkpoint_model
 from infra.settings import Settings
 from infra.tracking import configure_mlflow
 from model.checkpoint import save_checkpoint
@@ -27,7 +28,6 @@ from pipelines.approval import (
     wait_for_review,
 )
 from pipelines.audit import audit_log
-from workers.train.mlflow_model import DIGEST_TAG, log_checkpoint_model
 
 NAME = "longmix-approval"
 GATE_PASSED = {"gate.status": "passed", "gate.decision_digest": "a" * 64,

@@ -19,6 +19,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from infra.registry import log_checkpoint_model
 from infra.services import free_port
 from infra.settings import Settings
 from infra.storage import list_files, read_bytes
@@ -31,7 +32,6 @@ from pipelines.deploy import (DeployError, DeploymentRecord, LocalServeTarget, S
                               current_deployment, deploy, rollback, stop_host)
 from workers.serve.host import api_key, with_api_key
 from workers.serve.router import VERSION_HEADER
-from workers.train.mlflow_model import log_checkpoint_model
 
 NAME = "longmix"
 

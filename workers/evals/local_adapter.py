@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from model.attention import KVCache
-from model.checkpoint import load_checkpoint
+from model.checkpoint import checkpoint_digest, load_checkpoint
 from model.encoders import Media, audio_features
 from model.generate import SamplingParams, prefill
 from model.tokenizer import PLACEHOLDER_IDS, MediaPart, Tokenizer
@@ -21,7 +21,6 @@ from workers.evals.adapters import (Audio, CapabilityError, Generated, Message, 
                                     TokenSequence, Video)
 from workers.serve.batch_decode import decode_step
 from workers.serve.sequence import Sequence, SequenceRequest
-from workers.train.mlflow_model import checkpoint_digest
 
 
 class LocalAdapter:

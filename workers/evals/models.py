@@ -27,7 +27,8 @@ class ModelSpec:
 
 def resolve_model(source: str, settings: Settings, api_key: str | None = None,
                   endpoint_model: str | None = None) -> ModelSpec:
-    from workers.train.mlflow_model import checkpoint_digest, fetch_checkpoint
+    from infra.registry import fetch_checkpoint
+    from model.checkpoint import checkpoint_digest
 
     if source.startswith(("http://", "https://")):
         return ModelSpec(source, endpoint=EndpointConfig(source, endpoint_model, api_key))
@@ -44,7 +45,7 @@ def resolve_model(source: str, settings: Settings, api_key: str | None = None,
 
 def logged_model_id(uri: str) -> str | None:
     """The LoggedModel behind models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-ID."""
-    from workers.train.mlflow_model import registered_version
+    from infra.registry import registered_version
 
     version = registered_version(uri)
     if version is None:  # models:/m-ID names the LoggedModel itself

@@ -8,9 +8,9 @@ import json
 import warnings
 from pathlib import Path
 
+from infra.registry import DIGEST_TAG
 from workers.evals.report import EvalReport
 from workers.evals.results import EvalResult
-from workers.train.mlflow_model import DIGEST_TAG
 
 
 def _frame(rows: list[dict]):

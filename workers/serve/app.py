@@ -15,6 +15,7 @@ from ray import serve
 from infra.ray_runtime import ensure_ray
 from infra.services import free_port
 from infra.settings import Settings
+from model.checkpoint import checkpoint_digest
 from model.generate import SamplingParams
 from workers.serve.engine import BatchLimits, Engine
 from workers.serve.loading import load_served_model, model_name
@@ -22,7 +23,6 @@ from workers.serve.metrics import ServeMetrics
 from workers.serve.openai_api import build_api
 from workers.serve.request_guard import load_api_keys
 from workers.serve.sequence import SequenceRequest
-from workers.train.mlflow_model import checkpoint_digest
 
 APP_NAME = "longmix"
 WARM_UP_TOKENS = 4

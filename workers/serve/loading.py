@@ -8,11 +8,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.registry import fetch_checkpoint
 from infra.settings import Settings
-from model.checkpoint import load_checkpoint
+from model.checkpoint import checkpoint_digest, load_checkpoint
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
-from workers.train.mlflow_model import checkpoint_digest, fetch_checkpoint
 
 
 @dataclass

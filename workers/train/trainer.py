@@ -10,9 +10,9 @@ import numpy as np
 
 from infra.settings import Settings, get_settings
 from infra.storage import is_s3, read_bytes, resolve
+from model.checkpoint import checkpoint_digest
 from workers.data.manifest import TOKENIZER_NAME, dataset_root
 from workers.train.config import TrainConfig, plan_stage
-from workers.train.mlflow_model import checkpoint_digest
 from workers.train.data import split_dataset
 from workers.train.state import read_training_state
 from workers.train.worker import train_worker
@@ -88,8 +88,8 @@ def train(cfg: TrainConfig, settings: Settings | None = None, *, key: str | None
     from ray.train.torch import TorchTrainer
 
     from infra.ray_runtime import ensure_ray
+    from infra.registry import log_checkpoint_model
     from infra.tracking import configure_mlflow
-    from workers.train.mlflow_model import log_checkpoint_model
     from workers.train.tracking import expert_load_heatmap, loss_curve_figure
 
     settings = settings or get_settings()

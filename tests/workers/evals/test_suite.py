@@ -24,8 +24,8 @@ def registry(trained, tmp_path_factory):
     """The trained checkpoint as version 1 and the untrained one as version 2 of `evals-tiny`."""
     import mlflow
 
+    from infra.registry import log_checkpoint_model
     from infra.tracking import configure_mlflow
-    from workers.train.mlflow_model import log_checkpoint_model
 
     settings = Settings(home=tmp_path_factory.mktemp("evals-home"))
     configure_mlflow(settings)

@@ -6,11 +6,11 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from infra.registry import log_checkpoint_model
 from infra.settings import Settings
 from infra.tracking import configure_mlflow
 from model.checkpoint import CheckpointError
 from workers.serve.loading import load_served_model
-from workers.train.mlflow_model import log_checkpoint_model
 
 
 @pytest.fixture

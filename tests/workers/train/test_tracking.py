@@ -12,9 +12,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from infra.registry import DIGEST_TAG, download_checkpoint, log_checkpoint_model
 from infra.settings import Settings
 from infra.tracking import configure_mlflow
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_digest
+from model.checkpoint import checkpoint_digest
 from model.config import get_preset
 from model.encoders import Media
 from model.generate import SamplingParams, generate
@@ -24,8 +26,6 @@ from workers.data.pack import PackedSequences
 from workers.data.sources import python_docs_corpus
 from workers.train.data import Batch
 from workers.train.loop import OptimConfig, make_optimizer, train_step
-from workers.train.mlflow_model import (DIGEST_TAG, checkpoint_digest, download_checkpoint,
-                                        log_checkpoint_model)
 from workers.train.tracking import (MetricsLogger, expert_load_heatmap, loss_curve_figure,
                                     moe_layer_names, step_metrics)
 

@@ -1,14 +1,16 @@
-"""A longmix checkpoint folder as an MLflow 3 model: logged as a LoggedModel (a pyfunc from code,
-so nothing is pickled; the folder rides along as its `checkpoint` artifact), registered as a new
-version tagged with the checkpoint's digest, and fetched back verified for serving.
+"""The model registry: a longmix checkpoint folder as an MLflow 3 model, logged as a LoggedModel
+(a pyfunc from code, so nothing is pickled; the folder rides along as its `checkpoint`
+artifact), registered as a new version tagged with the checkpoint's digest, and fetched back
+verified for serving.
 
-The digest (`longmix.digest`) is one sha256 over the checkpoint's digest.json, which lists the
-sha256 of every file: it names the exact weights, config and tokenizer, and approvals refer to it.
+The digest (`longmix.digest`, `model.checkpoint.checkpoint_digest`) is one sha256 over the
+checkpoint's digest.json, which lists the sha256 of every file: it names the exact weights, config
+and tokenizer, and approvals refer to it. Training, evals, serving and the pipelines all find models
+here, so none of them imports another's worker package to do so.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -20,7 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import model as model_package
-from model.checkpoint import DIGEST, CheckpointError, verify_digest
+from model.checkpoint import CheckpointError, checkpoint_digest
 
 DIGEST_TAG = "longmix.digest"
 CHECKPOINT_ARTIFACT = "checkpoint"  # the pyfunc's artifact key (context.artifacts["checkpoint"])
@@ -39,13 +41,6 @@ class ModelRef:
     @property
     def version_uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
-
-
-def checkpoint_digest(checkpoint_dir: str | Path) -> str:
-    """One sha256 for the whole checkpoint, once every file matches digest.json."""
-    folder = Path(checkpoint_dir)
-    verify_digest(folder)
-    return hashlib.sha256((folder / DIGEST).read_bytes()).hexdigest()
 
 
 def _requirements() -> list[str]:
