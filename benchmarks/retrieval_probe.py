@@ -1,0 +1,272 @@
+"""Does a small model learn to retrieve, and from which data? A fast, in-process probe of the
+retrieval curriculum: the project's Transformer and training step on packed rows mixed from
+training text, fact lists, facts in haystacks, recall drills and copy documents, measured as it
+trains on held-out examples of each kind.
+
+    python benchmarks/retrieval_probe.py [--quick] [--mix text=0.2,lists=0.6,haystacks=0.2]
+        [--steps 600] [--seq-len 256] [--batch 16] [--d-model 128] [--tie] [--split-digits]
+
+Figures (held out, teacher-forced): the accuracy of the first digit of an answer (finding the
+value by its key) and of the digits after it (copying once found), for fact lists, haystacks and
+drills; and the eval needle's likelihood rank-1 share at the row length ("The special magic
+{city} number is: ...", 10 candidates), beside its chance (0.1) measured in the same run. Drills
+are a fact list in the form "Key: value." read twice, the second time shuffled; copy documents
+are a random stretch of the 256 most frequent tokens repeated (the induction unit test's data).
+The last line is JSON."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from _common import emit_json, parse_args, print_table
+
+from model.config import get_preset
+from model.encoders import Media
+from model.tokenizer import BOS_ID, EOS_ID, SPECIAL_TOKENS, Tokenizer
+from model.transformer import Transformer
+from workers.data import retrieval
+from workers.data.needles import draw_needle, needle_sentence
+from workers.data.pack import PackedSequences
+from workers.data.sources import python_docs_corpus
+from workers.evals.haystack import insert_at_depths, question_prompt
+from workers.train.data import Batch
+from workers.train.loop import OptimConfig, make_optimizer, train_step
+
+KINDS = ("text", "lists", "haystacks", "drills", "copies")
+HELD_OUT_TEXTS = 12  # the corpus's last texts: haystacks of the held-out examples
+SAMPLES = 20  # held-out examples per kind
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--mix", default="text=0.2,lists=0.6,haystacks=0.2",
+                        help=f"shares of the document kinds ({', '.join(KINDS)})")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--tie", action="store_true", help="tie input and output embeddings")
+    parser.add_argument("--split-digits", action="store_true",
+                        help="a tokenizer that splits numbers into single digits")
+    parser.add_argument("--key-conv", type=int, default=0, metavar="K",
+                        help="a hypothesis test, not a model option: add a causal depthwise "
+                             "convolution of width K over each layer's keys (smeared keys)")
+    parser.add_argument("--every", type=int, default=100, help="measure every N steps")
+
+
+class SmearedKeys(torch.nn.Module):
+    """k_t + sum_j w_j * k_(t-j) per channel, j = 1..K-1 (starting at zero): attention can match
+    a key a few tokens back in one step. Probe-only: it reads across packed documents' borders
+    and has no decode path."""
+
+    def __init__(self, wk: torch.nn.Linear, width: int):
+        super().__init__()
+        self.wk, self.width = wk, width
+        self.conv = torch.nn.Conv1d(wk.out_features, wk.out_features, width,
+                                    groups=wk.out_features, bias=False)
+        torch.nn.init.zeros_(self.conv.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.wk(x)  # (B, T, C)
+        past = torch.nn.functional.pad(k.transpose(1, 2), (self.width - 1, 0))  # (B, C, T+K-1)
+        return k + self.conv(past).transpose(1, 2)
+
+
+def train_tokenizer(texts: list[str], split_digits: bool) -> Tokenizer:
+    if not split_digits:
+        return Tokenizer.train(texts, vocab_size=4096)
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    hf.decoder = decoders.ByteLevel()
+    hf.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=4096, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return Tokenizer(hf)
+
+
+class Documents:
+    """Each kind of training document, drawn from the training texts, as token ids."""
+
+    def __init__(self, tokenizer: Tokenizer, texts: list[str], seq_len: int, seed: int):
+        self.tok, self.texts, self.seq_len = tokenizer, texts, seq_len
+        self.rng = np.random.default_rng(seed)
+        self.stream = tokenizer.encode("\n\n".join(texts))
+        self.chars_per_token = len("\n\n".join(texts)) / len(self.stream)
+        counts = np.bincount(np.array(self.stream), minlength=tokenizer.vocab_size)
+        self.frequent = np.argsort(-counts)[:256]
+
+    def wrap(self, text: str) -> list[int]:
+        return [BOS_ID, *self.tok.encode(text), EOS_ID]
+
+    def draw(self, kind: str) -> list[int]:
+        rng, n = self.rng, self.seq_len
+        if kind == "text":
+            start = int(rng.integers(len(self.stream) - n))
+            return [BOS_ID, *self.stream[start:start + int(rng.integers(n // 2, n))]]
+        if kind == "lists":
+            return self.wrap(list_example(rng)[0])
+        if kind == "haystacks":
+            chars = int(rng.integers(n // 4, n - 40) * self.chars_per_token)
+            return self.wrap(haystack_example(self.texts, chars, rng)[0])
+        if kind == "drills":
+            return self.wrap(drill_example(rng)[0])
+        period = int(rng.integers(4, 40))  # copies
+        stretch = list(rng.choice(self.frequent, period))
+        return [BOS_ID, *(stretch * 8)[:int(rng.integers(2 * period, min(n, 6 * period)))], EOS_ID]
+
+    def row(self, mix: dict[str, float]) -> tuple[list[int], list[int]]:
+        """seq_len + 1 tokens of whole documents (the last one cut), and their document ids."""
+        kinds, shares = list(mix), np.array(list(mix.values()))
+        ids: list[int] = []
+        docs: list[int] = []
+        while len(ids) <= self.seq_len:
+            doc = self.draw(kinds[int(self.rng.choice(len(kinds), p=shares / shares.sum()))])
+            docs += [docs[-1] + 1 if docs else 0] * len(doc)
+            ids += doc
+        return ids[:self.seq_len + 1], docs[:self.seq_len + 1]
+
+
+def list_example(rng) -> tuple[str, str, str]:
+    """A fact list and its first question: (whole text, the text up to the answer, answer)."""
+    text, _ = retrieval._fact_list(rng)
+    facts, questions = text.split("\n\n", 1)
+    question, answer = questions.split("\n")[0].rsplit(" Answer: ", 1)
+    return text, f"{facts}\n\n{question} Answer:", answer
+
+
+def haystack_example(texts, chars, rng) -> tuple[str, str, str]:
+    text, _ = retrieval._haystack_example(str(rng.choice(["single", "multi_key"])), texts, chars,
+                                          rng)
+    prompt, answer = text.rsplit(" Answer: ", 1)
+    return text, prompt + " Answer:", answer
+
+
+def drill_example(rng) -> tuple[str, str, str]:
+    facts = retrieval.draw_facts(rng, int(rng.integers(3, 9)))
+    first = " ".join(f"{f.key}: {f.value}." for f in facts)
+    order = [facts[int(i)] for i in rng.permutation(len(facts))]
+    again = " ".join(f"{f.key}: {f.value}." for f in order)
+    return f"{first}\nRecall: {again}", f"{first}\nRecall: {order[0].key}:", order[0].value
+
+
+def held_out(tok: Tokenizer, texts: list[str], seq_len: int, chars_per_token: float):
+    """(prompt ids, answer) per kind, from other seeds and the held-out texts; the eval needles."""
+    rng = np.random.default_rng(7)
+    room = int((seq_len - 60) * chars_per_token)
+    makers = {"lists": lambda: list_example(rng), "drills": lambda: drill_example(rng),
+              "haystacks": lambda: haystack_example(texts, room, rng)}
+    sets = {}
+    for kind, make in makers.items():
+        items = []
+        for _ in range(50 * SAMPLES):
+            if len(items) == SAMPLES:
+                break
+            _, prompt, answer = make()
+            ids = [BOS_ID, *tok.encode(prompt)]
+            if len(ids) < seq_len - 16:
+                items.append((ids, answer))
+        if len(items) < SAMPLES:
+            raise SystemExit(f"--seq-len {seq_len} is too short for held-out {kind} examples")
+        sets[kind] = items
+    needles = []
+    for i in range(SAMPLES):
+        city, number = draw_needle(rng)
+        haystack, _ = retrieval.haystack_with_room(texts, int((seq_len - 30) * chars_per_token),
+                                                   rng)
+        text = insert_at_depths(haystack, [needle_sentence(city, number)], [i / (SAMPLES - 1)])
+        needles.append(([BOS_ID, *tok.encode(text + question_prompt(city))[-(seq_len - 12):]],
+                        number))
+    return sets, needles
+
+
+@torch.no_grad()
+def value_accuracy(model, tok, items) -> tuple[float, float]:
+    """Teacher-forced accuracy of the answer's first digit (or character group) and the rest."""
+    first = rest = rest_count = 0
+    for ids, answer in items:
+        target = tok.encode(" " + answer)
+        pred = model(torch.tensor([ids + target])).logits[0, len(ids) - 1:-1].argmax(-1)
+        hit = (pred == torch.tensor(target)).float()
+        lead = 1 if tok.decode(target[:1]).strip() == "" else 0  # a lone space before the value
+        first += hit[lead].item()
+        rest += hit[lead + 1:].sum().item()
+        rest_count += len(target) - lead - 1
+    return first / len(items), rest / max(rest_count, 1)
+
+
+@torch.no_grad()
+def needle_rank1(model, tok, needles, rng) -> float:
+    wins = 0
+    for ids, number in needles:
+        candidates = [number, *(str(int(rng.integers(10 ** 6, 10 ** 7))) for _ in range(9))]
+        rows = [tok.encode(" " + c) for c in candidates]
+        width = max(map(len, rows))
+        x = torch.tensor([ids + r + [EOS_ID] * (width - len(r)) for r in rows])
+        logp = model(x).logits[:, len(ids) - 1:-1].log_softmax(-1)  # (10, width, V)
+        scores = [sum(logp[i, j, t].item() for j, t in enumerate(r)) for i, r in enumerate(rows)]
+        wins += int(np.argmax(scores)) == 0
+    return wins / len(needles)
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0], add_arguments)
+    steps = 100 if args.quick else args.steps
+    mix = {k: float(v) for k, v in (part.split("=") for part in args.mix.split(","))}
+    if unknown := set(mix) - set(KINDS):
+        raise SystemExit(f"--mix names unknown kinds {sorted(unknown)}; choose from {KINDS}")
+    torch.manual_seed(0)
+    corpus = python_docs_corpus()
+    texts, held_texts = corpus[:-HELD_OUT_TEXTS], corpus[-HELD_OUT_TEXTS:]
+    tok = train_tokenizer(texts, args.split_digits)
+    docs = Documents(tok, texts, args.seq_len, seed=0)
+    sets, needles = held_out(tok, held_texts, args.seq_len, docs.chars_per_token)
+    cfg = get_preset("small", vocab_size=tok.vocab_size, d_model=args.d_model,
+                     n_heads=max(2, args.d_model // 32), n_experts=4,
+                     expert_hidden=2 * args.d_model, dense_hidden=4 * args.d_model,
+                     max_seq_len=args.seq_len, rope_original_max_seq_len=args.seq_len,
+                     tie_embeddings=args.tie)
+    model = Transformer(cfg)
+    if args.key_conv:
+        for layer in model.layers:
+            layer.attn.wk = SmearedKeys(layer.attn.wk, args.key_conv)
+    optim = OptimConfig(lr=args.lr, warmup_steps=min(50, steps // 4), total_steps=steps,
+                        weight_decay=0.1)
+    optimizer = make_optimizer(model, optim)
+    rng, rows, started = np.random.default_rng(5), [], time.perf_counter()
+    for step in range(steps):
+        batch = [docs.row(mix) for _ in range(args.batch)]
+        packed = PackedSequences(torch.tensor([b[0] for b in batch]),
+                                 torch.tensor([b[1] for b in batch]))
+        result = train_step(model, optimizer, [Batch(packed, Media())], step, optim)
+        if (step + 1) % args.every == 0 or step == steps - 1:
+            model.eval()
+            row = {"step": step + 1, "loss": round(result.loss, 3)}
+            for kind, items in sets.items():
+                first, rest = value_accuracy(model, tok, items)
+                row[f"{kind}_first"], row[f"{kind}_rest"] = round(first, 3), round(rest, 3)
+            row["niah_rank1"] = needle_rank1(model, tok, needles, rng)
+            row["minutes"] = round((time.perf_counter() - started) / 60, 1)
+            model.train()
+            rows.append(row)
+            print(row, flush=True)
+    print_table(f"retrieval probe: mix {args.mix}, d_model {args.d_model}, "
+                f"{args.seq_len} tokens x {args.batch}, tied={args.tie}, "
+                f"split digits={args.split_digits}, key conv={args.key_conv}",
+                list(rows[0]), [list(r.values()) for r in rows])
+    emit_json({**rows[-1], "niah_rank1_chance": 0.1, "mix": mix, "tie": args.tie,
+               "split_digits": args.split_digits, "key_conv": args.key_conv, "seq_len": args.seq_len,
+               "batch": args.batch, "d_model": args.d_model,
+               "tokens_per_step": args.batch * args.seq_len,
+               "params": sum(p.numel() for p in model.parameters()),
+               "ln_chance_digit": round(math.log(10), 3)})
+
+
+if __name__ == "__main__":
+    main()
