@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -18,7 +19,8 @@ from model.encoders import Media
 from model.tokenizer import EOS_ID
 from model.transformer import Transformer
 from workers.data import synth
-from workers.data.manifest import TOKENIZER_NAME, describe_split, write_manifest
+from workers.data.manifest import (DOCUMENTS_NAME, TOKENIZER_NAME, describe_split, sha256_bytes,
+                                   write_manifest)
 from workers.data.media import audio_item, video_item
 from workers.data.media_sources import render_text_frame, synthesize_speech
 from workers.data.pack import Packer, TokenizedDoc, loss_mask_for, pack_documents
@@ -72,10 +74,19 @@ def _write_dataset(root: Path, tokenizer, heldout: list[str], canaries) -> None:
     (root / "test").mkdir(parents=True)
     pq.write_table(packer.table(), root / "test" / "part-0.parquet")
     tokenizer.save(root / TOKENIZER_NAME)
-    write_manifest(str(root), {
-        "kind": "longmix.dataset", "name": "evals-test", "seq_len": SEQ_LEN,
+    index = pa.Table.from_pylist([{"source": "test", "uri": f"test://{i}", "split": "test"}
+                                  for i in range(len(heldout) + len(media_docs))])
+    pq.write_table(index, root / DOCUMENTS_NAME)
+    write_manifest(str(root), {  # every field of contract 2, the build's provenance left empty
+        "kind": "longmix.dataset", "name": "evals-test", "created_at": "2026-01-01T00:00:00Z",
+        "spec": {}, "spec_sha256": "", "preset": "tiny", "seq_len": SEQ_LEN,
         "tokenizer": {"path": TOKENIZER_NAME, "sha256": tokenizer.digest(),
                       "vocab_size": tokenizer.vocab_size},
+        "media": {}, "documents_index": {
+            "path": DOCUMENTS_NAME, "documents": index.num_rows,
+            "sha256": sha256_bytes((root / DOCUMENTS_NAME).read_bytes())},
+        "sources": [], "synthetic": {}, "duplicates_removed": 0, "pii_scrubbed": {},
+        "quarantine": {"count": 0, "by_reason_kind": {}, "records": []},
         "canaries": synth.canary_manifest(canaries),
         "splits": {"test": describe_split(str(root), "test")}})
 
