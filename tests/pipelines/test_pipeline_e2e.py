@@ -112,7 +112,8 @@ def test_killed_run_resumes_then_deploys_and_serves(home):
                        headers={"Authorization": f"Bearer {key}"},
                        json={"model": "longmix", "prompt": "def f(", "max_tokens": 4})
     assert reply.status_code == 200, reply.text
-    assert reply.json()["choices"][0]["text"] is not None
+    assert isinstance(reply.json()["choices"][0]["text"], str)
+    assert 1 <= reply.json()["usage"]["completion_tokens"] <= 4  # it generated, within max_tokens
     assert reply.headers["x-longmix-version"] == "1"
     assert httpx.get(f"{record['endpoint']}/readyz", timeout=30).status_code == 200  # open
     aliases = _client(home).get_model_version_by_alias("longmix", "champion")
@@ -194,7 +195,9 @@ def test_artifact_changed_after_approval_is_refused(home):
     deploy = _longmix(home, "deploy", "longmix/2")
     weights.write_bytes(original)  # the later tests judge version 2 again
     assert deploy.returncode == 1
-    assert "no longer match" in deploy.stdout or "digest" in deploy.stdout, deploy.stdout
+    refusal = deploy.stdout + deploy.stderr
+    assert "no longer match the approved digest" in refusal, refusal
+    assert "model.safetensors" in refusal  # the changed file, named
 
 
 def test_failing_gate_stops_the_flow_and_records_the_step(home, tmp_path):
