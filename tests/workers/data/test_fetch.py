@@ -66,9 +66,10 @@ def tar_gz(path: Path, *members: tarfile.TarInfo) -> Path:
     return path
 
 
-def tar_member(name: str, size: int = 10, linkname: str = "") -> tarfile.TarInfo:
+def tar_member(name: str, size: int = 10, linkname: str = "",
+               kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
     member = tarfile.TarInfo(name)
-    member.size = size
+    member.size, member.type = (size, kind) if kind == tarfile.REGTYPE else (0, kind)
     if linkname:
         member.type, member.linkname, member.size = tarfile.SYMTYPE, linkname, 0
     return member
@@ -93,7 +94,9 @@ def zip_with(path: Path, name: str, mode: int = 0o644) -> Path:
      "unsafe member 'pkg/link': a link"),
     (lambda d: tar_gz(d / "a.tar.gz", *(tar_member(f"pkg/{i}", 1000) for i in range(3))),
      "unpacks to more than 2500 bytes"),
-], ids=["traversal", "tar-link", "absolute", "zip-link", "too-large"])
+    (lambda d: tar_gz(d / "a.tar.gz", tar_member("pkg/fifo", kind=tarfile.FIFOTYPE)),
+     "unsafe member 'pkg/fifo'"),
+], ids=["traversal", "tar-link", "absolute", "zip-link", "too-large", "special-file"])
 def test_unsafe_archives_are_refused(tmp_path, build, refusal):
     archive = build(tmp_path)
     with pytest.raises(FetchError, match=f"^{archive.name}: ") as error:
