@@ -25,13 +25,14 @@ from _common import emit_json, parse_args, print_table
 
 from model.config import get_preset
 from model.encoders import Media
-from model.tokenizer import BOS_ID, EOS_ID, SPECIAL_TOKENS, Tokenizer
+from model.tokenizer import BOS_ID, EOS_ID, Tokenizer
 from model.transformer import Transformer
 from workers.data import retrieval
 from workers.data.needles import draw_needle, needle_sentence
 from workers.data.pack import PackedSequences
 from workers.data.sources import python_docs_corpus
-from workers.evals.haystack import insert_at_depths, question_prompt
+from workers.evals.haystack import (distractor_numbers, insert_at_depths, question_prompt,
+                                    rank_of_first)
 from workers.train.data import Batch
 from workers.train.loop import OptimConfig, make_optimizer, train_step
 
@@ -73,22 +74,6 @@ class SmearedKeys(torch.nn.Module):
         k = self.wk(x)  # (B, T, C)
         past = torch.nn.functional.pad(k.transpose(1, 2), (self.width - 1, 0))  # (B, C, T+K-1)
         return k + self.conv(past).transpose(1, 2)
-
-
-def train_tokenizer(texts: list[str], split_digits: bool) -> Tokenizer:
-    if not split_digits:
-        return Tokenizer.train(texts, vocab_size=4096)
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    hf.decoder = decoders.ByteLevel()
-    hf.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=4096, special_tokens=SPECIAL_TOKENS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return Tokenizer(hf)
 
 
 class Documents:
@@ -205,13 +190,13 @@ def value_accuracy(model, tok, items) -> tuple[float, float]:
 def needle_rank1(model, tok, needles, rng) -> float:
     wins = 0
     for ids, number in needles:
-        candidates = [number, *(str(int(rng.integers(10 ** 6, 10 ** 7))) for _ in range(9))]
+        candidates = [number, *distractor_numbers(rng, 9, {number})]
         rows = [tok.encode(" " + c) for c in candidates]
         width = max(map(len, rows))
         x = torch.tensor([ids + r + [EOS_ID] * (width - len(r)) for r in rows])
         logp = model(x).logits[:, len(ids) - 1:-1].log_softmax(-1)  # (10, width, V)
         scores = [sum(logp[i, j, t].item() for j, t in enumerate(r)) for i, r in enumerate(rows)]
-        wins += int(np.argmax(scores)) == 0
+        wins += rank_of_first(scores) == 1
     return wins / len(needles)
 
 
@@ -224,7 +209,7 @@ def main() -> None:
     torch.manual_seed(0)
     corpus = python_docs_corpus()
     texts, held_texts = corpus[:-HELD_OUT_TEXTS], corpus[-HELD_OUT_TEXTS:]
-    tok = train_tokenizer(texts, args.split_digits)
+    tok = Tokenizer.train(texts, vocab_size=4096, split_digits=args.split_digits)
     docs = Documents(tok, texts, args.seq_len, seed=0)
     sets, needles = held_out(tok, held_texts, args.seq_len, docs.chars_per_token)
     cfg = get_preset("small", vocab_size=tok.vocab_size, d_model=args.d_model,
@@ -261,8 +246,8 @@ def main() -> None:
                 f"split digits={args.split_digits}, key conv={args.key_conv}",
                 list(rows[0]), [list(r.values()) for r in rows])
     emit_json({**rows[-1], "niah_rank1_chance": 0.1, "mix": mix, "tie": args.tie,
-               "split_digits": args.split_digits, "key_conv": args.key_conv, "seq_len": args.seq_len,
-               "batch": args.batch, "d_model": args.d_model,
+               "split_digits": args.split_digits, "key_conv": args.key_conv,
+               "seq_len": args.seq_len, "batch": args.batch, "d_model": args.d_model,
                "tokens_per_step": args.batch * args.seq_len,
                "params": sum(p.numel() for p in model.parameters()),
                "ln_chance_digit": round(math.log(10), 3)})

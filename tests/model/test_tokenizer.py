@@ -37,6 +37,14 @@ def test_vocab_size_and_compression_on_real_text():
     assert len(tok.encode(sample)) < len(sample.encode()) / 2.5  # BPE actually merges
 
 
+def test_split_digits_gives_one_token_per_digit_and_round_trips():
+    text = "The code is 4829173, not 12."
+    split = Tokenizer.train(python_docs_corpus(), vocab_size=512, split_digits=True)
+    pieces = [split.decode([i]) for i in split.encode(text)]
+    assert [p for p in pieces if p.strip().isdigit()] == list("482917312")
+    assert split.decode(split.encode(text)) == text
+
+
 def test_chat_prompt_refuses_unknown_roles(tokenizer):
     prompt = tokenizer.chat_prompt([{"role": "user", "content": "hi"}])
     assert prompt == "<|user|>hi<|end|><|assistant|>"

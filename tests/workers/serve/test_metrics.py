@@ -9,17 +9,17 @@ METRICS = ("ray_longmix_requests_total", "ray_longmix_request_latency_s_bucket",
            "ray_longmix_batch_size_bucket")
 
 
-def exported_total(exported: str, name: str) -> float:
-    """The sum of a metric's exported series."""
+def exported_total(exported: str, name: str, *labels: str) -> float:
+    """The sum of a metric's exported series, those carrying every one of `labels`."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in exported.splitlines()
-               if line.startswith(name + "{") or line.startswith(name + " "))
+               if line.startswith((name + "{", name + " "))
+               and all(label in line for label in labels))
 
 
 def completions_answered(exported: str) -> float:
     """The exported count of 200s on /v1/completions."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in exported.splitlines()
-               if line.startswith("ray_longmix_requests_total{")
-               and 'path="/v1/completions"' in line and 'status="200"' in line)
+    return exported_total(exported, "ray_longmix_requests_total", 'path="/v1/completions"',
+                          'status="200"')
 
 
 def test_requests_latency_tokens_and_batch_sizes_are_exported(server, ray_local):
