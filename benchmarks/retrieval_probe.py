@@ -55,13 +55,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--key-conv", type=int, default=0, metavar="K",
                         help="a hypothesis test, not a model option: add a causal depthwise "
                              "convolution of width K over each layer's keys (smeared keys)")
+    parser.add_argument("--qkv-conv", type=int, default=0, metavar="K",
+                        help="as --key-conv, over queries, keys and values (each its own)")
+    parser.add_argument("--answers-only", action="store_true",
+                        help="fact lists, haystacks and drills count in the loss from their "
+                             "questions (or recall) on: the lookups are a larger share of it")
     parser.add_argument("--every", type=int, default=100, help="measure every N steps")
 
 
-class SmearedKeys(torch.nn.Module):
-    """k_t + sum_j w_j * k_(t-j) per channel, j = 1..K-1 (starting at zero): attention can match
-    a key a few tokens back in one step. Probe-only: it reads across packed documents' borders
-    and has no decode path."""
+class ShortConv(torch.nn.Module):
+    """k_t + sum_j w_j * k_(t-j) per channel, j = 1..K-1 (starting at zero), over a projection's
+    output: attention can match a key a few tokens back in one step ("smeared keys"; over queries
+    too, a query can carry the tokens before it). Probe-only: it reads across packed documents'
+    borders and has no decode path."""
 
     def __init__(self, wk: torch.nn.Linear, width: int):
         super().__init__()
@@ -79,22 +85,30 @@ class SmearedKeys(torch.nn.Module):
 class Documents:
     """Each kind of training document, drawn from the training texts, as token ids."""
 
-    def __init__(self, tokenizer: Tokenizer, texts: list[str], seq_len: int, seed: int):
+    def __init__(self, tokenizer: Tokenizer, texts: list[str], seq_len: int, seed: int,
+                 answers_only: bool = False):
         self.tok, self.texts, self.seq_len = tokenizer, texts, seq_len
+        self.answers_only = answers_only
         self.rng = np.random.default_rng(seed)
         self.stream = tokenizer.encode("\n\n".join(texts))
         self.chars_per_token = len("\n\n".join(texts)) / len(self.stream)
         counts = np.bincount(np.array(self.stream), minlength=tokenizer.vocab_size)
         self.frequent = np.argsort(-counts)[:256]
 
-    def wrap(self, text: str) -> list[int]:
-        return [BOS_ID, *self.tok.encode(text), EOS_ID]
+    def wrap(self, text: str) -> tuple[list[int], list[bool]]:
+        """The document's tokens, and which of them the loss counts: all of them, or with
+        `answers_only` those from the first question (or the recall) on."""
+        cut = min((i for i in (text.find("Question: "), text.find("\nRecall:")) if i >= 0),
+                  default=0) if self.answers_only else 0
+        head, tail = self.tok.encode(text[:cut]) if cut else [], self.tok.encode(text[cut:])
+        return [BOS_ID, *head, *tail, EOS_ID], [False] * (1 + len(head)) + [True] * (len(tail) + 1)
 
-    def draw(self, kind: str) -> list[int]:
+    def draw(self, kind: str) -> tuple[list[int], list[bool]]:
         rng, n = self.rng, self.seq_len
         if kind == "text":
             start = int(rng.integers(len(self.stream) - n))
-            return [BOS_ID, *self.stream[start:start + int(rng.integers(n // 2, n))]]
+            ids = [BOS_ID, *self.stream[start:start + int(rng.integers(n // 2, n))]]
+            return ids, [True] * len(ids)
         if kind == "lists":
             return self.wrap(list_example(rng)[0])
         if kind == "haystacks":
@@ -104,18 +118,23 @@ class Documents:
             return self.wrap(drill_example(rng)[0])
         period = int(rng.integers(4, 40))  # copies
         stretch = list(rng.choice(self.frequent, period))
-        return [BOS_ID, *(stretch * 8)[:int(rng.integers(2 * period, min(n, 6 * period)))], EOS_ID]
+        ids = [BOS_ID, *(stretch * 8)[:int(rng.integers(2 * period, min(n, 6 * period)))], EOS_ID]
+        return ids, [True] * len(ids)
 
-    def row(self, mix: dict[str, float]) -> tuple[list[int], list[int]]:
-        """seq_len + 1 tokens of whole documents (the last one cut), and their document ids."""
+    def row(self, mix: dict[str, float]) -> tuple[list[int], list[int], list[bool]]:
+        """seq_len + 1 tokens of whole documents (the last one cut), their document ids and
+        which of them the loss counts."""
         kinds, shares = list(mix), np.array(list(mix.values()))
         ids: list[int] = []
         docs: list[int] = []
+        counted: list[bool] = []
         while len(ids) <= self.seq_len:
-            doc = self.draw(kinds[int(self.rng.choice(len(kinds), p=shares / shares.sum()))])
+            doc, count = self.draw(kinds[int(self.rng.choice(len(kinds), p=shares / shares.sum()))])
             docs += [docs[-1] + 1 if docs else 0] * len(doc)
             ids += doc
-        return ids[:self.seq_len + 1], docs[:self.seq_len + 1]
+            counted += count
+        n = self.seq_len + 1
+        return ids[:n], docs[:n], counted[:n]
 
 
 def list_example(rng) -> tuple[str, str, str]:
@@ -210,7 +229,7 @@ def main() -> None:
     corpus = python_docs_corpus()
     texts, held_texts = corpus[:-HELD_OUT_TEXTS], corpus[-HELD_OUT_TEXTS:]
     tok = Tokenizer.train(texts, vocab_size=4096, split_digits=args.split_digits)
-    docs = Documents(tok, texts, args.seq_len, seed=0)
+    docs = Documents(tok, texts, args.seq_len, seed=0, answers_only=args.answers_only)
     sets, needles = held_out(tok, held_texts, args.seq_len, docs.chars_per_token)
     cfg = get_preset("small", vocab_size=tok.vocab_size, d_model=args.d_model,
                      n_heads=max(2, args.d_model // 32), n_experts=4,
@@ -218,17 +237,19 @@ def main() -> None:
                      max_seq_len=args.seq_len, rope_original_max_seq_len=args.seq_len,
                      tie_embeddings=args.tie)
     model = Transformer(cfg)
-    if args.key_conv:
-        for layer in model.layers:
-            layer.attn.wk = SmearedKeys(layer.attn.wk, args.key_conv)
+    for layer in model.layers:
+        if args.key_conv:
+            layer.attn.wk = ShortConv(layer.attn.wk, args.key_conv)
+        if args.qkv_conv:
+            for name in ("wq", "wk", "wv"):
+                setattr(layer.attn, name, ShortConv(getattr(layer.attn, name), args.qkv_conv))
     optim = OptimConfig(lr=args.lr, warmup_steps=min(50, steps // 4), total_steps=steps,
                         weight_decay=0.1)
     optimizer = make_optimizer(model, optim)
     rng, rows, started = np.random.default_rng(5), [], time.perf_counter()
     for step in range(steps):
         batch = [docs.row(mix) for _ in range(args.batch)]
-        packed = PackedSequences(torch.tensor([b[0] for b in batch]),
-                                 torch.tensor([b[1] for b in batch]))
+        packed = PackedSequences(*(torch.tensor([b[i] for b in batch]) for i in range(3)))
         result = train_step(model, optimizer, [Batch(packed, Media())], step, optim)
         if (step + 1) % args.every == 0 or step == steps - 1:
             model.eval()
@@ -243,10 +264,11 @@ def main() -> None:
             print(row, flush=True)
     print_table(f"retrieval probe: mix {args.mix}, d_model {args.d_model}, "
                 f"{args.seq_len} tokens x {args.batch}, tied={args.tie}, "
-                f"split digits={args.split_digits}, key conv={args.key_conv}",
+                f"split digits={args.split_digits}, key conv={args.key_conv}, "
+                f"qkv conv={args.qkv_conv}, answers only={args.answers_only}",
                 list(rows[0]), [list(r.values()) for r in rows])
     emit_json({**rows[-1], "niah_rank1_chance": 0.1, "mix": mix, "tie": args.tie,
-               "split_digits": args.split_digits, "key_conv": args.key_conv,
+               "split_digits": args.split_digits, "key_conv": args.key_conv, "qkv_conv": args.qkv_conv, "answers_only": args.answers_only,
                "seq_len": args.seq_len, "batch": args.batch, "d_model": args.d_model,
                "tokens_per_step": args.batch * args.seq_len,
                "params": sum(p.numel() for p in model.parameters()),

@@ -12,6 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipelines import cli_pipeline, cli_review
+from pipelines.cli_options import options_from
+from workers.train.config import TrainConfig
 
 app = typer.Typer(help="longmix: train, evaluate and deploy sparse-MoE multimodal long-context models.",
                   no_args_is_help=True, add_completion=False)
@@ -138,33 +140,16 @@ def presets() -> None:
 
 
 @app.command()
-def train(
-    dataset: str = typer.Option(..., help="the dataset's manifest.json URI, or its folder"),
-    stage: str = typer.Option("pretrain", help="pretrain | long_context | sft"),
-    init_from: str | None = typer.Option(None, help="the previous stage's checkpoint folder"),
-    preset: str | None = typer.Option(None, help="model preset (pretrain; default: the dataset's)"),
-    steps: int = typer.Option(200),
-    batch_size: int = typer.Option(8, help="sequences per worker per micro-batch"),
-    grad_accum: int = typer.Option(1),
-    lr: float = typer.Option(1e-3),
-    workers: int = typer.Option(2, help="Ray Train workers"),
-    use_gpu: bool = typer.Option(False),
-    checkpoint_every: int = typer.Option(50),
-    eval_every: int = typer.Option(50),
-    storage_path: str | None = typer.Option(None, help="checkpoints: a folder or s3:// (default under LONGMIX_HOME)"),
-    register_as: str = typer.Option("longmix", help="MLflow registered model name"),
-) -> None:
-    """Train one stage with Ray Train; the final checkpoint is registered in MLflow."""
+@options_from(TrainConfig, skip=("resources_per_worker",))
+def train(options: dict) -> None:
+    """Train one stage with Ray Train; the final checkpoint is registered in MLflow. The options
+    are TrainConfig's fields (workers/train/config.py)."""
     from infra.settings import get_settings
     from workers.train.config import TrainConfigError, parse_train_config, plan_stage
     from workers.train.trainer import train as run_training
 
     try:
-        cfg = parse_train_config({
-            "stage": stage, "dataset": dataset, "init_from": init_from, "preset": preset,
-            "steps": steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr,
-            "workers": workers, "use_gpu": use_gpu, "checkpoint_every": checkpoint_every,
-            "eval_every": eval_every, "storage_path": storage_path, "registered_model": register_as})
+        cfg = parse_train_config(options)
         plan = plan_stage(cfg)  # refused here, before Ray starts
     except TrainConfigError as e:
         console.print(f"[red]refused:[/] {e}")

@@ -6,11 +6,16 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+if TYPE_CHECKING:  # the CLI imports the pipeline (MLflow, Prefect) only when a command runs
+    from pipelines.model_card import StageSummary
+    from pipelines.steps import PipelineResult
 
 console = Console()
 flows_app = typer.Typer(help="Prefect deployments of the flows", no_args_is_help=True)
@@ -90,51 +95,48 @@ def run_pipeline(params, settings, api_url: str, board: StepBoard):
     return outcome["state"]
 
 
-def print_summary(result: dict, settings, api_url: str, mlflow_url: str, flow_run_id: str,
-                  seconds: float) -> None:
-    model = result["model"]
-    name, version = model["registered"].rsplit("/", 1)
+def print_summary(result: PipelineResult, settings, api_url: str, mlflow_url: str,
+                  flow_run_id: str, seconds: float) -> None:
+    name, version = result.model.name_version
     table = Table(title=f"longmix run: done in {seconds / 60:.1f} min", show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    lineage = result["lineage"]
-    rows = [("model version", f"{name} version {version} (digest {model['digest'][:12]}…)"),
+    lineage, gate, deployment = result.lineage, result.gate, result.deployment
+    rows = [("model version", f"{name} version {version} (digest {result.model.digest[:12]}…)"),
             ("MLflow", f"{mlflow_url}/#/models/{name}/versions/{version}"),
             ("Prefect", f"{api_url.removesuffix('/api')}/runs/flow-run/{flow_run_id}")]
-    rows += [(f"stage {s['stage']}", stage_line(s)) for s in lineage["stages"]]
-    rows.append(("lineage", f"{len(lineage['stages'])} stages chained by checkpoint digest "
-                            f"(longmix.lineage {lineage['digest'][:12]}…); evaluated on "
-                            f"{result['eval_dataset']['name']}"))
-    rows += [(f"eval {k}", f"{v:.4g}") for k, v in result["evaluation"]["headline"].items()]
-    gate = result["gate"]
-    rows.append(("gate", f"{gate['status']} ({gate['policy']} policy, "
-                         f"{sum(gate['checks'].values())}/{len(gate['checks'])} checks passed"
-                         + "".join(f"; overridden: {o}" for o in gate["overrides"]) + ")"))
-    approval = result["approval"]
-    rows.append(("approval", f"approved by {approval['reviewer']} (the quickstart's named demo "
-                             "reviewer)" if approval["reviewer"] == "demo-reviewer"
-                 else f"approved by {approval['reviewer']}"))
-    deployment = result.get("deployment")
+    rows += [(f"stage {s.stage}", stage_line(s)) for s in lineage.stages]
+    rows.append(("lineage", f"{len(lineage.stages)} stages chained by checkpoint digest "
+                            f"(longmix.lineage {lineage.digest[:12]}…); evaluated on "
+                            f"{result.eval_dataset.name}"))
+    rows += [(f"eval {k}", f"{v:.4g}") for k, v in result.evaluation.headline.items()]
+    rows.append(("gate", f"{gate.status} ({gate.policy} policy, "
+                         f"{sum(gate.checks.values())}/{len(gate.checks)} checks passed"
+                         + "".join(f"; overridden: {o}" for o in gate.overrides) + ")"))
+    reviewer = result.approval.reviewer
+    rows.append(("approval", f"approved by {reviewer}" + (" (the quickstart's named demo "
+                                                          "reviewer)" if reviewer == "demo-reviewer"
+                                                          else "")))
     if deployment:
-        rows.append(("endpoint", f"{deployment['endpoint']}/v1 (serving version "
-                                 f"{deployment['version']})"))
+        rows.append(("endpoint", f"{deployment.endpoint}/v1 (serving version "
+                                 f"{deployment.version})"))
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
     if deployment:
         key = settings.serve_api_key_file or settings.home.resolve() / "serve" / "api_key"
         console.print("try it:", style="bold")
-        console.print(f"curl -s {deployment['endpoint']}/v1/completions -H \"Authorization: Bearer "
+        console.print(f"curl -s {deployment.endpoint}/v1/completions -H \"Authorization: Bearer "
                       f"$(cat {key})\" -H 'Content-Type: application/json' -d '{{\"model\": "
                       f"\"{name}\", \"prompt\": \"def fibonacci(n):\", \"max_tokens\": 32}}'",
                       highlight=False, soft_wrap=True, markup=False)
 
 
-def stage_line(stage: dict) -> str:
+def stage_line(stage: StageSummary) -> str:
     """A training stage in the summary: its dataset, steps, time and final loss."""
-    line = (f"{stage['dataset']} ({stage['seq_len']} tokens a row), {stage['steps']} steps"
-            + ("" if stage["minutes"] is None else f", {stage['minutes']:.1f} min"))
-    return line + ("" if stage["loss"] is None else f", loss {stage['loss']:.4g}")
+    line = (f"{stage.dataset} ({stage.seq_len} tokens a row), {stage.steps} steps"
+            + ("" if stage.minutes is None else f", {stage.minutes:.1f} min"))
+    return line + ("" if stage.loss is None else f", loss {stage.loss:.4g}")
 
 
 def run(
@@ -171,7 +173,7 @@ def run(
         if safety_data:
             evals["safety_data"] = safety_data
         params = get_profile(profile, promote=promote, train=train, eval=evals,
-                             deploy="yes" if deploy else "no")
+                             deploy=deploy)
     except (ValueError, ValidationError) as e:
         console.print(f"[red]refused:[/] {e}", highlight=False)
         raise typer.Exit(2) from e

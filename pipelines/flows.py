@@ -17,10 +17,13 @@ from prefect.runtime import flow_run as current_flow_run
 from infra.digests import json_digest
 from infra.settings import get_settings
 from pipelines import progress
+from pipelines.approval import ApprovalReceipt
+from pipelines.deploy import DeploymentRecord
 from pipelines.params import (DataParams, EvalParams, PipelineParams, PromoteParams, StageParams,
                               TrainParams)
-from pipelines.steps import (DatasetRef, EvalRef, RecordedLineage, StageResult, TrainedChain,
-                             TrainedStage, approval_step, build_data_step, checkpoint_tokenizer,
+from pipelines.steps import (DatasetRef, EvalRef, GateResult, PipelineResult, Promotion,
+                             RecordedLineage, StageResult, TrainedChain, TrainedStage,
+                             approval_step, build_data_step, checkpoint_tokenizer,
                              data_key, deploy_step, evaluate_step, gate_step, lineage_step,
                              model_card_step, stage_key, train_stage_step)
 from workers.data.spec import TokenizerSpec
@@ -159,7 +162,7 @@ def run_evals(model: StageResult, dataset: DatasetRef, params: EvalParams) -> Ev
 
 
 @step("gate", retries=1)
-def gate(model: StageResult, evaluation: EvalRef, policy: str) -> dict:
+def gate(model: StageResult, evaluation: EvalRef, policy: str) -> GateResult:
     return gate_step(model, evaluation, policy, get_settings())
 
 
@@ -169,12 +172,12 @@ def model_card(chain: TrainedChain, evaluation: EvalRef) -> str:
 
 
 @step("approval", retries=0)
-def approval(model: StageResult, params: PromoteParams, triggered_by: str) -> dict:
+def approval(model: StageResult, params: PromoteParams, triggered_by: str) -> ApprovalReceipt:
     return approval_step(model, params, triggered_by, get_settings())
 
 
 @step("deploy", retries=0)
-def deploy(model: StageResult, params: PromoteParams, actor: str) -> dict:
+def deploy(model: StageResult, params: PromoteParams, actor: str) -> DeploymentRecord:
     return deploy_step(model, params, actor, get_settings())
 
 
@@ -219,25 +222,24 @@ def evaluate(model: StageResult, dataset: DatasetRef, params: EvalParams = EvalP
 
 @flow(name="promote", **HOOKS)
 def promote(chain: TrainedChain, evaluation: EvalRef, params: PromoteParams, triggered_by: str,
-            deploy_model: bool = True) -> dict:
+            deploy_model: bool = True) -> Promotion:
     """Gate → model card → a reviewer's approval → blue/green deploy."""
     model = chain.model
     decision = gate(model, evaluation, params.policy)
     card = model_card(chain, evaluation)
     receipt = approval(model, params, triggered_by)
     deployment = deploy(model, params, triggered_by) if deploy_model else None
-    return {"gate": decision, "model_card": card, "approval": receipt, "deployment": deployment}
+    return Promotion(gate=decision, model_card=card, approval=receipt, deployment=deployment)
 
 
 @flow(name="train_eval_deploy", **HOOKS)
-def train_eval_deploy(params: PipelineParams) -> dict:
+def train_eval_deploy(params: PipelineParams) -> PipelineResult:
     """The whole pipeline: data → train, stage by stage → eval → gate → approval → deploy."""
     triggered_by = params.triggered_by or get_settings().username
     chain = train(params.data, params.train)
     dataset = chain.eval_dataset(params.eval.dataset_stage)
     evaluation = evaluate(chain.model, dataset, params.eval)
     promotion = promote(chain, evaluation, params.promote, triggered_by,
-                        deploy_model=params.deploy == "yes")
-    return {"model": chain.model.model_dump(), "lineage": chain.lineage.model_dump(),
-            "eval_dataset": dataset.model_dump(), "evaluation": evaluation.model_dump(),
-            **promotion}
+                        deploy_model=params.deploy)
+    return PipelineResult(model=chain.model, lineage=chain.lineage, eval_dataset=dataset,
+                          evaluation=evaluation, **dict(promotion))

@@ -8,7 +8,6 @@ A profile trains its stages in order (pretrain → long_context → sft), each o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -16,7 +15,7 @@ from pipelines.gate.policy import PolicyError, load_policy
 from pipelines.smoke import SmokeConfig
 from workers.data.spec import SpecError, load_spec
 from workers.evals.config import SUITES, get_suite
-from workers.train.config import Stage
+from workers.train.config import Stage, StageOptions
 
 
 class Params(BaseModel):
@@ -28,16 +27,12 @@ class DataParams(Params):
     out: str | None = None  # a folder or s3:// prefix; None: <storage root>/datasets/<name>
 
 
-class StageParams(Params):
+class StageParams(StageOptions):
+    """A stage of a profile: how it trains (StageOptions, as `longmix train` takes them) and on
+    which data."""
+
     stage: Stage
-    steps: int = Field(ge=1)
     data: DataParams | None = None  # None: the profile's general dataset (PipelineParams.data)
-    batch_size: int = Field(2, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    seq_len: int | None = Field(None, ge=16)
-    checkpoint_every: int = Field(50, ge=1)
-    eval_every: int = Field(50, ge=1)
 
 
 class TrainParams(Params):
@@ -105,7 +100,7 @@ class PipelineParams(Params):
     eval: EvalParams
     promote: PromoteParams
     triggered_by: str | None = None  # None: the settings' user (LONGMIX_USER or the OS user)
-    deploy: Literal["yes", "no"] = "yes"
+    deploy: bool = True  # False: stop after the approval
 
     @model_validator(mode="after")
     def _stages_fit(self) -> "PipelineParams":

@@ -15,6 +15,8 @@ from pydantic import BaseModel
 
 from infra.digests import json_digest
 from infra.settings import Settings
+from pipelines.approval import ApprovalReceipt
+from pipelines.deploy import DeploymentRecord
 from pipelines.lineage import Lineage, StageRecord, read_lineage, record_lineage
 from pipelines.model_card import StageSummary, attach_card, render_card, stage_summaries
 from pipelines.params import (DataParams, EvalParams, PromoteParams, StageParams, TrainParams,
@@ -216,7 +218,38 @@ class GateFailed(RuntimeError):
     """The gate refused the model: it is not deployed. The message lists the failed checks."""
 
 
-def gate_step(model: StageResult, evaluation: EvalRef, policy: str, settings: Settings) -> dict:
+class GateResult(BaseModel):
+    """A passed gate: the decision recorded on the version, check by check."""
+
+    status: str
+    policy: str
+    decision_digest: str
+    artifact: str  # the decision JSON, beside the version's run
+    checks: dict[str, bool]  # check name → passed
+    overrides: list[str]  # "check by reviewer: reason"
+
+
+class Promotion(BaseModel):
+    """What the promote flow did: the gate's decision, the card, the approval, the deployment
+    (None when the flow was asked not to deploy)."""
+
+    gate: GateResult
+    model_card: str  # the card's artifact path
+    approval: ApprovalReceipt
+    deployment: DeploymentRecord | None
+
+
+class PipelineResult(Promotion):
+    """train_eval_deploy's result, read by `longmix run`'s summary."""
+
+    model: StageResult
+    lineage: RecordedLineage
+    eval_dataset: DatasetRef
+    evaluation: EvalRef
+
+
+def gate_step(model: StageResult, evaluation: EvalRef, policy: str,
+              settings: Settings) -> GateResult:
     """Decide and record the decision on the version; GateFailed when it fails."""
     from infra.tracking import registry_client
     from pipelines.audit import audit_log
@@ -239,10 +272,11 @@ def gate_step(model: StageResult, evaluation: EvalRef, policy: str, settings: Se
                                         "decision_digest": decision.digest(), "failed": failed})
     if decision.status != "passed":
         raise GateFailed(f"{model.registered} failed the {decision.policy} gate: {'; '.join(failed)}")
-    return {"status": decision.status, "policy": decision.policy,
-            "decision_digest": decision.digest(), "artifact": artifact,
-            "checks": {c.name: c.passed for c in decision.checks},
-            "overrides": [f"{o.check} by {o.reviewer}: {o.reason}" for o in decision.overrides]}
+    return GateResult(status=decision.status, policy=decision.policy,
+                      decision_digest=decision.digest(), artifact=artifact,
+                      checks={c.name: c.passed for c in decision.checks},
+                      overrides=[f"{o.check} by {o.reviewer}: {o.reason}"
+                                 for o in decision.overrides])
 
 
 def lineage_step(stages: list[TrainedStage], settings: Settings) -> RecordedLineage:
@@ -284,7 +318,7 @@ def model_card_step(chain: TrainedChain, evaluation: EvalRef, settings: Settings
 
 
 def approval_step(model: StageResult, params: PromoteParams, triggered_by: str,
-                  settings: Settings) -> dict:
+                  settings: Settings) -> ApprovalReceipt:
     """Ask for a review and wait for it (the quickstart's named demo reviewer answers at once);
     the receipt of a valid approval, or ApprovalError with the reason."""
     from infra.tracking import registry_client
@@ -296,11 +330,11 @@ def approval_step(model: StageResult, params: PromoteParams, triggered_by: str,
     if params.reviewer:
         review(client, name, version, "approve", params.reviewer,
                reason="unattended quickstart: approved by the named demo reviewer")
-    receipt = wait_for_review(client, name, version, settings, timeout_s=params.approval_timeout_s)
-    return receipt.model_dump(mode="json")
+    return wait_for_review(client, name, version, settings, timeout_s=params.approval_timeout_s)
 
 
-def deploy_step(model: StageResult, params: PromoteParams, actor: str, settings: Settings) -> dict:
+def deploy_step(model: StageResult, params: PromoteParams, actor: str,
+                settings: Settings) -> DeploymentRecord:
     """Blue/green deploy of the approved version (the approval checked again just before)."""
     from infra.tracking import registry_client
     from pipelines.approval import check_approved
@@ -313,8 +347,7 @@ def deploy_step(model: StageResult, params: PromoteParams, actor: str, settings:
     current = current_deployment(settings, name)
     if (target.serving_version() == version and current is not None
             and current.version == version and current.digest == receipt.digest):
-        return current.model_dump(mode="json")  # a re-run: it serves already
-    record = deploy(client, name, version, settings, approved_digest=receipt.digest,
+        return current  # a re-run: it serves already
+    return deploy(client, name, version, settings, approved_digest=receipt.digest,
                     approval_hash=receipt.audit_hash, actor=actor, target=target,
                     smoke=params.smoke)
-    return record.model_dump(mode="json")

@@ -202,6 +202,10 @@ def test_serve_app_builds_the_longmix_application_from_the_import_path(monkeypat
     finally:
         get_settings.cache_clear()
     assert isinstance(app, serve.Application)
+    deployment = app._bound_deployment  # Serve exposes no public accessor for what was bound
+    assert deployment.name == "LongmixServer"
+    assert deployment.init_args[0] == "models:/longmix/4"  # the model the serveConfigV2 names
+    assert deployment.init_args[1].home == tmp_path  # settings from the pod's environment
 
 
 def test_candidate_is_the_main_cluster_with_the_new_version(validators):

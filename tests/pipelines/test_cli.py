@@ -52,3 +52,27 @@ def test_export_hf_writes_a_mixtral_folder(checkpoint, tmp_path):
 def test_train_refuses_a_bad_dataset_before_any_work(tmp_path):
     result = runner.invoke(app, ["train", "--dataset", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "unreadable manifest" in result.output
+
+
+def test_train_takes_every_train_config_field_as_an_option():
+    from typer.main import get_command
+
+    from workers.train.config import StageOptions, TrainConfig
+
+    train = get_command(app).commands["train"]
+    options = {p.name: p for p in train.params}
+    assert set(options) == set(TrainConfig.model_fields) - {"resources_per_worker"}
+    assert set(StageOptions.model_fields) < set(options)  # the flows' stage options too
+    assert options["dataset"].required and options["batch_size"].default == 8
+    assert options["batch_size"].help == TrainConfig.model_fields["batch_size"].description
+
+
+def test_train_options_are_validated_by_the_config_naming_the_field(tmp_path):
+    result = runner.invoke(app, ["train", "--dataset", str(tmp_path), "--steps", "0",
+                                 "--lr", "-1"])
+    output = " ".join(result.output.split())  # rich wraps lines
+    assert result.exit_code == 2
+    assert "steps: Input should be greater than or equal to 1" in output
+    assert "lr: Input should be greater than 0" in output
+    result = runner.invoke(app, ["train", "--dataset", str(tmp_path), "--stage", "dpo"])
+    assert result.exit_code == 2 and "dpo" in result.output  # not a stage: refused by the CLI

@@ -10,9 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from infra.storage import absolute
-from model.checkpoint import TOKENIZER, CheckpointError, sha256_file, verify_digest
 from model.config import ConfigError, ModelConfig, get_preset
-from workers.data.manifest import ManifestError, verify_manifest
 
 Stage = Literal["pretrain", "long_context", "sft"]
 
@@ -21,42 +19,55 @@ class TrainConfigError(ValueError):
     """The training configuration cannot run; the message names the field or file."""
 
 
-class TrainConfig(BaseModel):
+class StageOptions(BaseModel):
+    """How one stage trains: declared once, for `longmix train` (TrainConfig, and its CLI options,
+    generated from these fields) and for the flows' stages (pipelines.params.StageParams)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    stage: Stage = "pretrain"
-    dataset: str  # the dataset's manifest.json URI, or its folder
-    init_from: str | None = None  # the previous stage's checkpoint folder (long_context, sft)
-    preset: str | None = None  # pretrain: default the dataset's preset
-    seq_len: int | None = Field(None, ge=16)  # default and maximum: what the dataset packs
-    rope_scaling: Literal["linear", "ntk", "yarn"] = "yarn"  # long_context only
-
-    steps: int = Field(200, ge=1)
-    batch_size: int = Field(8, ge=1)  # sequences per worker per micro-batch
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    warmup_steps: int | None = Field(None, ge=0)  # None: 5% of the steps
+    steps: int = Field(200, ge=1, description="optimizer steps")
+    batch_size: int = Field(8, ge=1, description="sequences per worker per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="the cosine decay's floor, over lr")
+    warmup_steps: int | None = Field(None, ge=0, description="default: 5% of the steps")
     weight_decay: float = Field(0.1, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    grad_clip: float = Field(1.0, gt=0, description="gradient norm clip")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
     seed: int = 0
+    seq_len: int | None = Field(None, ge=16,
+                                description="default and maximum: what the dataset packs")
+    rope_scaling: Literal["linear", "ntk", "yarn"] = Field(
+        "yarn", description="how long_context extends RoPE")
+    eval_every: int = Field(50, ge=1, description="validation loss every N steps")
+    eval_batches: int = Field(4, ge=1, description="validation batches per evaluation")
+    checkpoint_every: int = Field(50, ge=1, description="a checkpoint every N steps")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (the newest)")
 
-    eval_every: int = Field(50, ge=1)
-    eval_batches: int = Field(4, ge=1)
-    checkpoint_every: int = Field(50, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
 
-    workers: int = Field(2, ge=1)
+class TrainConfig(StageOptions):
+    """One stage of a run: its options, its data and where it starts from, and the workers."""
+
+    stage: Stage = "pretrain"
+    dataset: str = Field(description="the dataset's manifest.json URI, or its folder")
+    init_from: str | None = Field(
+        None, description="the previous stage's checkpoint folder (long_context, sft)")
+    preset: str | None = Field(None, description="model preset (pretrain; default: the dataset's)")
+
+    workers: int = Field(2, ge=1, description="Ray Train workers")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
     resources_per_worker: dict[str, float] = Field(default_factory=dict)  # e.g. {"TPU": 4}
-    fsdp: bool = False  # shard parameters with FSDP2 instead of replicating them with DDP
-    max_failures: int = Field(2, ge=0)
+    fsdp: bool = Field(False, description="shard parameters with FSDP2 instead of replicating "
+                                          "them with DDP (needs use_gpu)")
+    max_failures: int = Field(2, ge=0, description="worker failures survived by resuming")
 
-    storage_path: str | None = None  # default: <LONGMIX_HOME>/train; or s3://bucket/prefix
+    storage_path: str | None = Field(
+        None, description="checkpoints: a folder or s3:// prefix (default under LONGMIX_HOME)")
     run_name: str | None = None
-    registered_model: str | None = "longmix"  # MLflow registered model; None: do not register
+    registered_model: str | None = Field(
+        "longmix", description="the MLflow registered model; none: do not register")
 
     @field_validator("dataset", "init_from", "storage_path")
     @classmethod
@@ -101,6 +112,10 @@ class Plan(BaseModel):
 
 def plan_stage(cfg: TrainConfig) -> Plan:
     """Check the dataset, the previous checkpoint and the model together; refuse what cannot run."""
+    # imported here: the CLI reads this module's options at start, before it needs torch
+    from model.checkpoint import TOKENIZER, CheckpointError, sha256_file, verify_digest
+    from workers.data.manifest import ManifestError, verify_manifest
+
     try:
         manifest = verify_manifest(cfg.dataset)
     except ManifestError as e:

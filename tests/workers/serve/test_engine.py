@@ -129,3 +129,28 @@ def test_the_batch_kv_rows_decode_as_the_sequences_own_caches(model, tokenizer, 
         torch.testing.assert_close(decode_rows(model, tokens, rows), expected, atol=1e-5, rtol=1e-5)
         tokens = expected.argmax(-1).tolist()
     assert rows.lengths == [c.length for c in caches]
+
+
+def test_a_stream_closed_mid_way_leaves_the_batch_at_the_next_token(model, tokenizer):
+    """A client that goes away stops costing decode steps: its sequence is dropped at the next
+    token boundary, not decoded to its max_tokens."""
+    steps = []
+    engine = Engine(model, tokenizer, BatchLimits(), on_step=steps.append)
+    abandoned = SequenceRequest(tokenizer.encode("while True:", bos=True),
+                                SamplingParams(max_new_tokens=400))
+    after = SequenceRequest(tokenizer.encode("x", bos=True), SamplingParams(max_new_tokens=3))
+
+    async def main():
+        stream = engine.stream(abandoned)
+        async for _ in stream:
+            break  # one token, then the client leaves
+        await stream.aclose()
+        produced_at_close = sum(s.batch_size for s in steps)
+        result = await engine.generate(after)
+        return produced_at_close, result
+
+    produced_at_close, result = asyncio.run(main())
+    assert len(result.token_ids) == 3  # the engine still serves
+    # the abandoned sequence decoded at most one more token after its client left
+    assert sum(s.batch_size for s in steps) <= produced_at_close + 1 + 3
+    assert produced_at_close < 400
