@@ -11,7 +11,10 @@ value by its key) and of the digits after it (copying once found), for fact list
 drills; and the eval needle's likelihood rank-1 share at the row length ("The special magic
 {city} number is: ...", 10 candidates), beside its chance (0.1) measured in the same run. Drills
 are a fact list in the form "Key: value." read twice, the second time shuffled; copy documents
-are a random stretch of the 256 most frequent tokens repeated (the induction unit test's data).
+are a random stretch of the 256 most frequent tokens repeated (the induction unit test's data);
+mqar documents are Zoology's multi-query associative recall over one-token keys and values (the
+128 most frequent tokens as keys, the next 128 as values: `k1 v1 ... kn vn`, then the keys again
+in another order, each followed by its value), measured as `mqar_recall` (chance about 0.1).
 The last line is JSON."""
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from workers.evals.haystack import (distractor_numbers, insert_at_depths, questi
 from workers.train.data import Batch
 from workers.train.loop import OptimConfig, make_optimizer, train_step
 
-KINDS = ("text", "lists", "haystacks", "drills", "copies")
+KINDS = ("text", "lists", "haystacks", "drills", "copies", "mqar")
+MQAR_PAIRS = (4, 16)  # key-value pairs of an associative-recall document: at least, at most
 HELD_OUT_TEXTS = 12  # the corpus's last texts: haystacks of the held-out examples
 SAMPLES = 20  # held-out examples per kind
 
@@ -44,6 +48,11 @@ SAMPLES = 20  # held-out examples per kind
 def add_arguments(parser) -> None:
     parser.add_argument("--mix", default="text=0.2,lists=0.6,haystacks=0.2",
                         help=f"shares of the document kinds ({', '.join(KINDS)})")
+    parser.add_argument("--warm-mix", default=None,
+                        help="a mix for the first --warm-steps steps (a curriculum's first phase)")
+    parser.add_argument("--warm-steps", type=int, default=0)
+    parser.add_argument("--copy-alphabet", type=int, default=256,
+                        help="copy documents draw from this many of the most frequent tokens")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
@@ -61,6 +70,7 @@ def add_arguments(parser) -> None:
                         help="fact lists, haystacks and drills count in the loss from their "
                              "questions (or recall) on: the lookups are a larger share of it")
     parser.add_argument("--every", type=int, default=100, help="measure every N steps")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 autocast)")
 
 
 class ShortConv(torch.nn.Module):
@@ -86,9 +96,9 @@ class Documents:
     """Each kind of training document, drawn from the training texts, as token ids."""
 
     def __init__(self, tokenizer: Tokenizer, texts: list[str], seq_len: int, seed: int,
-                 answers_only: bool = False):
+                 answers_only: bool = False, copy_alphabet: int = 256):
         self.tok, self.texts, self.seq_len = tokenizer, texts, seq_len
-        self.answers_only = answers_only
+        self.answers_only, self.copy_alphabet = answers_only, copy_alphabet
         self.rng = np.random.default_rng(seed)
         self.stream = tokenizer.encode("\n\n".join(texts))
         self.chars_per_token = len("\n\n".join(texts)) / len(self.stream)
@@ -116,10 +126,25 @@ class Documents:
             return self.wrap(haystack_example(self.texts, chars, rng)[0])
         if kind == "drills":
             return self.wrap(drill_example(rng)[0])
+        if kind == "mqar":
+            ids = [BOS_ID, *self.mqar(rng)[0], EOS_ID]
+            return ids, [True] * len(ids)
         period = int(rng.integers(4, 40))  # copies
-        stretch = list(rng.choice(self.frequent, period))
+        stretch = list(rng.choice(self.frequent[:self.copy_alphabet], period))
         ids = [BOS_ID, *(stretch * 8)[:int(rng.integers(2 * period, min(n, 6 * period)))], EOS_ID]
         return ids, [True] * len(ids)
+
+    def mqar(self, rng) -> tuple[list[int], list[int]]:
+        """Multi-query associative recall (Zoology's MQAR) over one-token keys and values: pairs
+        `k v` side by side, then every key again in another order, each followed by its value.
+        (tokens, the positions of the recalled values)."""
+        n = int(rng.integers(*MQAR_PAIRS))
+        keys = rng.choice(self.frequent[:128], n, replace=False)
+        values = rng.choice(self.frequent[128:], n)
+        pairs = [int(t) for kv in zip(keys, values) for t in kv]
+        order = rng.permutation(n)
+        recall = [int(t) for i in order for t in (keys[i], values[i])]
+        return pairs + recall, [2 * n + 2 * j + 1 for j in range(n)]
 
     def row(self, mix: dict[str, float]) -> tuple[list[int], list[int], list[bool]]:
         """seq_len + 1 tokens of whole documents (the last one cut), their document ids and
@@ -160,6 +185,44 @@ def drill_example(rng) -> tuple[str, str, str]:
     return f"{first}\nRecall: {again}", f"{first}\nRecall: {order[0].key}:", order[0].value
 
 
+def held_out_mqar(docs: "Documents") -> list[tuple[list[int], list[int]]]:
+    """MQAR documents from another seed: (tokens with BOS, positions of the recalled values)."""
+    rng = np.random.default_rng(11)
+    items = []
+    for _ in range(SAMPLES):
+        ids, at = docs.mqar(rng)
+        items.append(([BOS_ID, *ids], [p + 1 for p in at]))
+    return items
+
+
+def held_out_copies(docs: "Documents") -> list[tuple[list[int], list[int]]]:
+    """Random stretches of the 256 most frequent tokens, repeated to 128 tokens: (tokens with
+    BOS, positions of the repeats)."""
+    rng = np.random.default_rng(13)
+    items = []
+    for _ in range(SAMPLES):
+        period = int(rng.integers(8, 32))
+        ids = [BOS_ID, *[int(t) for t in rng.choice(docs.frequent, period)] * (128 // period + 1)]
+        items.append((ids[:129], list(range(period + 1, 129))))
+    return items
+
+
+def on_model(model, rows: list[list[int]]) -> torch.Tensor:
+    return torch.tensor(rows, device=next(model.parameters()).device)
+
+
+@torch.no_grad()
+def recall_accuracy(model, items) -> float:
+    """Teacher-forced accuracy of the tokens at the items' positions: MQAR's recalled values
+    (guessing among a document's values scores 1/pairs, about 0.1) or a copy's repeats."""
+    hits = count = 0
+    for ids, at in items:
+        pred = model(on_model(model, [ids])).logits[0].argmax(-1).cpu()
+        hits += sum(int(pred[p - 1] == ids[p]) for p in at)
+        count += len(at)
+    return hits / count
+
+
 def held_out(tok: Tokenizer, texts: list[str], seq_len: int, chars_per_token: float):
     """(prompt ids, answer) per kind, from other seeds and the held-out texts; the eval needles."""
     rng = np.random.default_rng(7)
@@ -196,7 +259,7 @@ def value_accuracy(model, tok, items) -> tuple[float, float]:
     first = rest = rest_count = 0
     for ids, answer in items:
         target = tok.encode(" " + answer)
-        pred = model(torch.tensor([ids + target])).logits[0, len(ids) - 1:-1].argmax(-1)
+        pred = model(on_model(model, [ids + target])).logits[0, len(ids) - 1:-1].argmax(-1).cpu()
         hit = (pred == torch.tensor(target)).float()
         lead = 1 if tok.decode(target[:1]).strip() == "" else 0  # a lone space before the value
         first += hit[lead].item()
@@ -212,25 +275,33 @@ def needle_rank1(model, tok, needles, rng) -> float:
         candidates = [number, *distractor_numbers(rng, 9, {number})]
         rows = [tok.encode(" " + c) for c in candidates]
         width = max(map(len, rows))
-        x = torch.tensor([ids + r + [EOS_ID] * (width - len(r)) for r in rows])
-        logp = model(x).logits[:, len(ids) - 1:-1].log_softmax(-1)  # (10, width, V)
+        x = on_model(model, [ids + r + [EOS_ID] * (width - len(r)) for r in rows])
+        logp = model(x).logits[:, len(ids) - 1:-1].log_softmax(-1).cpu()  # (10, width, V)
         scores = [sum(logp[i, j, t].item() for j, t in enumerate(r)) for i, r in enumerate(rows)]
         wins += rank_of_first(scores) == 1
     return wins / len(needles)
 
 
+def parse_mix(text: str) -> dict[str, float]:
+    mix = {k: float(v) for k, v in (part.split("=") for part in text.split(","))}
+    if unknown := set(mix) - set(KINDS):
+        raise SystemExit(f"a mix names unknown kinds {sorted(unknown)}; choose from {KINDS}")
+    return mix
+
+
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], add_arguments)
     steps = 100 if args.quick else args.steps
-    mix = {k: float(v) for k, v in (part.split("=") for part in args.mix.split(","))}
-    if unknown := set(mix) - set(KINDS):
-        raise SystemExit(f"--mix names unknown kinds {sorted(unknown)}; choose from {KINDS}")
+    mix = parse_mix(args.mix)
+    warm_mix = parse_mix(args.warm_mix) if args.warm_mix else mix
     torch.manual_seed(0)
     corpus = python_docs_corpus()
     texts, held_texts = corpus[:-HELD_OUT_TEXTS], corpus[-HELD_OUT_TEXTS:]
     tok = Tokenizer.train(texts, vocab_size=4096, split_digits=args.split_digits)
-    docs = Documents(tok, texts, args.seq_len, seed=0, answers_only=args.answers_only)
+    docs = Documents(tok, texts, args.seq_len, seed=0, answers_only=args.answers_only,
+                     copy_alphabet=args.copy_alphabet)
     sets, needles = held_out(tok, held_texts, args.seq_len, docs.chars_per_token)
+    mqar_items, copy_items = held_out_mqar(docs), held_out_copies(docs)
     cfg = get_preset("small", vocab_size=tok.vocab_size, d_model=args.d_model,
                      n_heads=max(2, args.d_model // 32), n_experts=4,
                      expert_hidden=2 * args.d_model, dense_hidden=4 * args.d_model,
@@ -243,20 +314,25 @@ def main() -> None:
         if args.qkv_conv:
             for name in ("wq", "wk", "wv"):
                 setattr(layer.attn, name, ShortConv(getattr(layer.attn, name), args.qkv_conv))
+    device = torch.device(args.device)
+    model.to(device)
     optim = OptimConfig(lr=args.lr, warmup_steps=min(50, steps // 4), total_steps=steps,
                         weight_decay=0.1)
     optimizer = make_optimizer(model, optim)
     rng, rows, started = np.random.default_rng(5), [], time.perf_counter()
     for step in range(steps):
-        batch = [docs.row(mix) for _ in range(args.batch)]
+        batch = [docs.row(warm_mix if step < args.warm_steps else mix) for _ in range(args.batch)]
         packed = PackedSequences(*(torch.tensor([b[i] for b in batch]) for i in range(3)))
-        result = train_step(model, optimizer, [Batch(packed, Media())], step, optim)
+        result = train_step(model, optimizer, [Batch(packed, Media())], step, optim,
+                            autocast_dtype=torch.bfloat16 if device.type == "cuda" else None)
         if (step + 1) % args.every == 0 or step == steps - 1:
             model.eval()
             row = {"step": step + 1, "loss": round(result.loss, 3)}
             for kind, items in sets.items():
                 first, rest = value_accuracy(model, tok, items)
                 row[f"{kind}_first"], row[f"{kind}_rest"] = round(first, 3), round(rest, 3)
+            row["mqar_recall"] = round(recall_accuracy(model, mqar_items), 3)
+            row["copy_acc"] = round(recall_accuracy(model, copy_items), 3)
             row["niah_rank1"] = needle_rank1(model, tok, needles, rng)
             row["minutes"] = round((time.perf_counter() - started) / 60, 1)
             model.train()
@@ -268,7 +344,10 @@ def main() -> None:
                 f"qkv conv={args.qkv_conv}, answers only={args.answers_only}",
                 list(rows[0]), [list(r.values()) for r in rows])
     emit_json({**rows[-1], "niah_rank1_chance": 0.1, "mix": mix, "tie": args.tie,
-               "split_digits": args.split_digits, "key_conv": args.key_conv, "qkv_conv": args.qkv_conv, "answers_only": args.answers_only,
+               "warm_mix": warm_mix, "warm_steps": args.warm_steps,
+               "copy_alphabet": args.copy_alphabet, "split_digits": args.split_digits,
+               "key_conv": args.key_conv, "qkv_conv": args.qkv_conv,
+               "answers_only": args.answers_only,
                "seq_len": args.seq_len, "batch": args.batch, "d_model": args.d_model,
                "tokens_per_step": args.batch * args.seq_len,
                "params": sum(p.numel() for p in model.parameters()),

@@ -2,7 +2,11 @@
 own as a user runs it (its own Ray, the background Prefect server, MLflow UI and serving host):
 data → train (pretrain → long_context → sft, each on its own dataset) → eval → gate → approval →
 deploy → a completion from the endpoint, a run killed after training and resumed, the lineage
-recorded on the version, and each refusal with its reason."""
+recorded on the version, and each refusal with its reason.
+
+The runs that set up state are module fixtures (version 1 deployed, version 2 awaiting a review,
+version 2 failing a strict gate), so each test passes alone with -k and the suite trains each
+version once."""
 
 import json
 import os
@@ -75,19 +79,24 @@ def _stage_runs(home: Path, stage: str) -> list:
     return client.search_runs([experiment.experiment_id], f"tags.`longmix.stage` = '{stage}'")
 
 
-def test_killed_run_resumes_then_deploys_and_serves(home):
+@pytest.fixture(scope="module")
+def champion(home) -> subprocess.CompletedProcess:
+    """Version 1, deployed: a run killed right after training registered it, then run again."""
     exe = str(Path(sys.executable).with_name("longmix"))
     first = subprocess.Popen([exe, "run", "--profile", "tiny", "--no-deploy"], env=_env(home),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     deadline = time.monotonic() + 420
-    while not _versions(home):  # killed right after training registered its version
+    while not _versions(home):
         assert first.poll() is None and time.monotonic() < deadline, "training never registered"
         time.sleep(0.5)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
+    return _longmix(home, "run", "--profile", "tiny")
 
-    second = _longmix(home, "run", "--profile", "tiny")
+
+def test_killed_run_resumes_then_deploys_and_serves(home, champion):
+    second = champion
     assert second.returncode == 0, second.stdout + second.stderr
     assert len(_versions(home)) == 1, "a second version was registered"
     for stage in ("pretrain", "long_context", "sft"):
@@ -131,7 +140,7 @@ def test_killed_run_resumes_then_deploys_and_serves(home):
     assert verify.returncode == 0 and "chain intact" in verify.stdout, verify.stdout
 
 
-def test_flows_serve_runs_a_deployment_triggered_through_prefect(home):
+def test_flows_serve_runs_a_deployment_triggered_through_prefect(home, champion):
     """`longmix flows serve` registers the deployments; `prefect deployment run` triggers one, which
     runs in the serving process's child (here build_data: the dataset exists, so it is reused)."""
     exe = str(Path(sys.executable).with_name("longmix"))
@@ -164,15 +173,21 @@ def _run_v2(home: Path, *args: str, **env) -> subprocess.CompletedProcess:
                     "--no-deploy", *args, **env)
 
 
-def test_no_approval_times_out_naming_what_it_waits_for(home):
-    result = _run_v2(home, LONGMIX_APPROVAL_TIMEOUT_S="3")
+@pytest.fixture(scope="module")
+def unreviewed(home, champion) -> subprocess.CompletedProcess:
+    """Version 2 registered, its run stopped waiting for a review that never came."""
+    return _run_v2(home, LONGMIX_APPROVAL_TIMEOUT_S="3")
+
+
+def test_no_approval_times_out_naming_what_it_waits_for(unreviewed):
+    result = unreviewed
     assert result.returncode == 1
     out = result.stdout + result.stderr
     assert "stopped at approval" in out
     assert "longmix.review" in out and "longmix approve longmix/2" in out, out
 
 
-def test_approval_by_the_triggering_user_is_refused(home):
+def test_approval_by_the_triggering_user_is_refused(home, unreviewed):
     approve = _longmix(home, "approve", "longmix/2", "--reviewer", TRIGGERED_BY)
     assert approve.returncode == 0, approve.stdout
     result = _run_v2(home, LONGMIX_APPROVAL_TIMEOUT_S="30")
@@ -180,7 +195,7 @@ def test_approval_by_the_triggering_user_is_refused(home):
     assert "four eyes" in result.stdout + result.stderr
 
 
-def test_artifact_changed_after_approval_is_refused(home):
+def test_artifact_changed_after_approval_is_refused(home, unreviewed):
     approve = _longmix(home, "approve", "longmix/2", "--reviewer", "alice")
     assert approve.returncode == 0, approve.stdout
     result = _run_v2(home, LONGMIX_APPROVAL_TIMEOUT_S="30")
@@ -192,19 +207,27 @@ def test_artifact_changed_after_approval_is_refused(home):
     weights = next(artifacts.rglob("model.safetensors"))
     original = weights.read_bytes()
     weights.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
-    deploy = _longmix(home, "deploy", "longmix/2")
-    weights.write_bytes(original)  # the later tests judge version 2 again
+    try:
+        deploy = _longmix(home, "deploy", "longmix/2")
+    finally:
+        weights.write_bytes(original)  # other tests judge version 2 again
     assert deploy.returncode == 1
     refusal = deploy.stdout + deploy.stderr
     assert "no longer match the approved digest" in refusal, refusal
     assert "model.safetensors" in refusal  # the changed file, named
 
 
-def test_failing_gate_stops_the_flow_and_records_the_step(home, tmp_path):
-    policy = tmp_path / "strict.yaml"
+@pytest.fixture(scope="module")
+def strict_gate(home, champion, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """Version 2 judged by a policy it fails (NIAH ≥ 0.9): the run, and the policy file."""
+    policy = tmp_path_factory.mktemp("policy") / "strict.yaml"
     policy.write_text(STRICT_POLICY)
-    result = _longmix(home, "run", "--profile", "tiny", "--train-steps", "3", "--no-deploy",
-                      "--policy", str(policy))
+    return _longmix(home, "run", "--profile", "tiny", "--train-steps", "3", "--no-deploy",
+                    "--policy", str(policy)), policy
+
+
+def test_failing_gate_stops_the_flow_and_records_the_step(home, strict_gate):
+    result, _ = strict_gate
     assert result.returncode == 1
     out = result.stdout + result.stderr
     assert "stopped at gate" in out and "niah_text.accuracy" in out, out
@@ -217,15 +240,16 @@ def test_failing_gate_stops_the_flow_and_records_the_step(home, tmp_path):
     assert str(client.get_model_version_by_alias("longmix", "champion").version) == "1"
 
 
-def test_a_named_override_of_a_failed_check_holds_when_the_flow_runs_again(home, tmp_path):
-    policy = tmp_path / "strict.yaml"
-    policy.write_text(STRICT_POLICY)
+def test_a_named_override_of_a_failed_check_holds_when_the_flow_runs_again(home, strict_gate):
+    _, policy = strict_gate
     hard = _longmix(home, "override", "longmix/2", "--check", "pii-extraction", "--reviewer",
                     "alice", "--reason", "fine")
     assert hard.returncode == 1 and "hard safety check" in hard.stdout, hard.stdout
     given = _longmix(home, "override", "longmix/2", "--check", "niah", "--reviewer", "alice",
                      "--reason", "NIAH is not what this release is for")
     assert given.returncode == 0 and "gate passed" in given.stdout, given.stdout
+    approve = _longmix(home, "approve", "longmix/2", "--reviewer", "alice")
+    assert approve.returncode == 0, approve.stdout
     again = _longmix(home, "run", "--profile", "tiny", "--train-steps", "3", "--no-deploy",
                      "--wait", "--policy", str(policy), LONGMIX_APPROVAL_TIMEOUT_S="30")
     assert again.returncode == 0, again.stdout + again.stderr
@@ -234,11 +258,16 @@ def test_a_named_override_of_a_failed_check_holds_when_the_flow_runs_again(home,
     assert "override" in events
 
 
-def test_an_edited_audit_log_is_detected(home):
+def test_an_edited_audit_log_is_detected(home, champion):
     records = sorted((home / "audit").glob("*.json"))
-    record = json.loads(records[1].read_text())
+    original = records[1].read_text()
+    record = json.loads(original)
     record["actor"] = "mallory"
     records[1].write_text(json.dumps(record))
-    result = _longmix(home, "audit", "verify")
+    try:
+        result = _longmix(home, "audit", "verify")
+    finally:
+        records[1].write_text(original)  # other tests append to the log
     assert result.returncode == 1
     assert records[1].name in result.stdout or "edited" in result.stdout, result.stdout
+    assert _longmix(home, "audit", "verify").returncode == 0  # restored: intact again
