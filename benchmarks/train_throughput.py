@@ -21,6 +21,7 @@ What it measures, with the same global batch of 2B rows x 512 tokens per optimiz
             step timed exactly like the worker times it (train_step only; collation outside).
             Its steps run half before and half after the Ray run, so that a busy spell of other
             work on the shared machine hits both paths alike; median over the steady steps.
+The full run only (not --quick), where the time goes:
   * plain 1 thread, batch B: what one Ray worker computes per step, without Ray or DDP; twice its
             tokens/s is what 2 independent 1-thread workers could reach.
   * plain bf16: `train_step(..., autocast_dtype=torch.bfloat16)`, 2 threads, batch 2B.
@@ -45,8 +46,9 @@ Figures:
 
     python benchmarks/train_throughput.py          # B=4 (global 8 x 512), Ray 3+20 steps; ~4 min
                                                    # on a quiet machine, 7-10 min on a busy one
-    python benchmarks/train_throughput.py --quick  # B=2 (global 4 x 512), Ray 2+8 steps; ~2.5 min
-                                                   # quiet (most of it the dataset build), 5 busy
+    python benchmarks/train_throughput.py --quick  # B=2 (global 4 x 512), Ray 2+8 steps: the
+                                                   # same two figures, without the breakdown
+                                                   # tables below (about a minute quiet)
 
 How to read it on a shared machine: other work slows a 2-thread process (OpenMP barriers wait
 for a descheduled thread, thousands of parallel regions per step) far more than two 1-thread
@@ -91,8 +93,8 @@ RAY_CPUS = 3  # 2 training workers x 1 CPU + 1 for Ray Data's reading, as the em
 
 FULL = dict(batch=4, ray_warmup=3, ray_steady=20, plain_warmup=2, plain_steady=20, one_thread=4,
             bf16_steady=10, no_ray_warmup=3, no_ray_steps=8, stdlib_bytes=600_000)
-QUICK = dict(batch=2, ray_warmup=2, ray_steady=8, plain_warmup=2, plain_steady=8, one_thread=3,
-             bf16_steady=5, no_ray_warmup=2, no_ray_steps=3, stdlib_bytes=50_000)
+QUICK = dict(batch=2, ray_warmup=2, ray_steady=8, plain_warmup=2, plain_steady=8,
+             stdlib_bytes=50_000)  # the breakdown's sizes are FULL's alone
 
 
 # ---------------------------------------------------------------------------------------------
@@ -607,10 +609,8 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
     model_cfg = ModelConfig.from_dict(plan.model)
     flops_per_token = training_flops_per_token(model_cfg, plan.seq_len)
     rows = read_train_rows(plan.manifest)
-    n_rows = len(rows["tokens"])
 
     peak_before = measure_matmul_peak(torch.float32)
-    bf16_peak_before = measure_matmul_peak(torch.bfloat16)
 
     # plain fp32, first half (after its warm-up)
     plain = PlainLoop(model_cfg, cfg, rows, 2 * B)
@@ -618,18 +618,6 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
     plain.run(p["plain_warmup"])
     first_half = p["plain_steady"] // 2
     plain_samples = plain.run(first_half)
-
-    # one Ray worker's share without Ray: batch B, 1 thread
-    torch.set_num_threads(1)
-    one = PlainLoop(model_cfg, cfg, rows, B)
-    one.run(1)
-    one_samples = one.run(p["one_thread"])
-    torch.set_num_threads(threads)
-    del one
-
-    # the workers' loop without Ray (2 processes x 1 thread), with and without DDP
-    no_ray = run_without_ray(plan.manifest, model_cfg, cfg, B, p["no_ray_warmup"],
-                             p["no_ray_steps"])
 
     # Ray Train
     probe_dir = tmp / "probes"
@@ -641,67 +629,31 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
     plain.run(1)  # re-warm the caches after the Ray run
     plain_samples += plain.run(p["plain_steady"] - first_half)
 
-    # plain bf16 autocast
-    bf16_samples = None
-    flags = machine_info()["cpu_flags"]
-    has_bf16 = flags.get("avx512_bf16") or flags.get("amx_bf16")
-    if has_bf16:
-        bf16 = PlainLoop(model_cfg, cfg, rows, 2 * B, autocast=torch.bfloat16)
-        bf16.run(p["plain_warmup"])
-        bf16_samples = bf16.run(p["bf16_steady"])
-        del bf16
-
     peak_after = measure_matmul_peak(torch.float32)
-    bf16_peak_after = measure_matmul_peak(torch.bfloat16)
-    peak, bf16_peak = max(peak_before, peak_after), max(bf16_peak_before, bf16_peak_after)
+    peak = max(peak_before, peak_after)
 
-    prof = profile_step(plain)
-    del plain
-    prof_bf16 = None
-    if has_bf16:
-        prof_bf16 = profile_step(PlainLoop(model_cfg, cfg, rows, 2 * B, autocast=torch.bfloat16))
-    optim_times = optimizer_variants(model_cfg, cfg, repeats=3 if args.quick else 5)
-
-    # ---- figures
     plain_tps = tokens_per_s(plain_samples)
     plain_fastest = max(t / s for s, t in plain_samples)
-    one_tps = tokens_per_s(one_samples)
     steady = ray_run["per_step"][p["ray_warmup"]:]
     ray_tps = statistics.median(steady) if steady else float("nan")
     ray_fastest = max(steady) if steady else float("nan")
     global_tokens = 2 * B * SEQ_LEN
     ray_e2e_tps = ray_steps * global_tokens / ray_run["wall_s"]
     util = plain_tps * flops_per_token / peak
-    bf16_tps = tokens_per_s(bf16_samples) if bf16_samples else None
-    bf16_util = bf16_tps * flops_per_token / bf16_peak if bf16_tps else None
-    probes = ray_run["probes"]
-    worker_threads = sorted({pr["torch_threads"] for pr in probes})
-    allreduce_s = max((pr.get("allreduce_grad_s", 0.0) for pr in probes), default=float("nan"))
-    allreduce_small_s = max((pr.get("allreduce_small_s", 0.0) for pr in probes),
-                            default=float("nan"))
+    worker_threads = sorted({pr["torch_threads"] for pr in ray_run["probes"]})
     ray_step_s = global_tokens / ray_tps
     plain_step_s = global_tokens / plain_tps
-    one_step_s = B * SEQ_LEN / one_tps
 
     print_table(
         f"Training throughput, small preset, seq {SEQ_LEN}, global batch {2 * B} rows "
-        f"({global_tokens} tokens/step), fp32 unless stated",
+        f"({global_tokens} tokens/step), fp32",
         ["path", "torch threads", "steady steps", "step s (median)", "tokens/s (median)",
          "tokens/s (fastest)", "vs plain"],
         [["Ray Train, 2 workers x 1 CPU, DDP gloo, B=%d each" % B,
           "/".join(map(str, worker_threads)) + " per worker", len(steady), f"{ray_step_s:.2f}",
           f"{ray_tps:.0f}", f"{ray_fastest:.0f}", f"{ray_tps / plain_tps:.3f}"],
          ["plain process, batch %d" % (2 * B), threads, len(plain_samples), f"{plain_step_s:.2f}",
-          f"{plain_tps:.0f}", f"{plain_fastest:.0f}", "1.000"],
-         ["plain process, batch %d (one worker's share)" % B, 1, len(one_samples),
-          f"{one_step_s:.2f}", f"{one_tps:.0f}", f"{max(t / s for s, t in one_samples):.0f}",
-          f"{one_tps / plain_tps:.3f}"],
-         ["  x2 (two independent 1-thread workers, no DDP)", "1+1", "", "",
-          f"{2 * one_tps:.0f}", "", f"{2 * one_tps / plain_tps:.3f}"]]
-        + ([["plain process, bf16 autocast, batch %d" % (2 * B), threads, len(bf16_samples),
-             f"{global_tokens / bf16_tps:.2f}", f"{bf16_tps:.0f}",
-             f"{max(t / s for s, t in bf16_samples):.0f}", f"{bf16_tps / plain_tps:.3f}"]]
-           if bf16_samples else []),
+          f"{plain_tps:.0f}", f"{plain_fastest:.0f}", "1.000"]],
         caption=f"Ray end-to-end: train() took {ray_run['wall_s']:.1f} s for {ray_steps} steps "
                 f"({ray_e2e_tps:.0f} tokens/s over the whole call, {ray_e2e_tps / plain_tps:.2f} "
                 f"of plain steady); Ray start {ray_start_s:.1f} s and dataset build "
@@ -714,13 +666,117 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
         ["precision", "tokens/s", "training GFLOP/s", "matmul peak GFLOP/s", "utilisation",
          "target"],
         [["fp32", f"{plain_tps:.0f}", f"{plain_tps * flops_per_token / 1e9:.1f}",
-          f"{peak / 1e9:.1f}", f"{util:.3f}", TARGET_UTIL]]
-        + ([["bf16 autocast", f"{bf16_tps:.0f}", f"{bf16_tps * flops_per_token / 1e9:.1f}",
-             f"{bf16_peak / 1e9:.1f}", f"{bf16_util:.3f}", TARGET_UTIL]] if bf16_tps else []),
+          f"{peak / 1e9:.1f}", f"{util:.3f}", TARGET_UTIL]],
         caption=f"training_flops_per_token(small, {SEQ_LEN}) = {flops_per_token / 1e6:.2f} MFLOP. "
                 f"Peak: fastest 2048^3 matmul, best of before ({peak_before / 1e9:.1f}) and after "
-                f"({peak_after / 1e9:.1f}) the runs; bf16 {bf16_peak_before / 1e9:.1f} / "
-                f"{bf16_peak_after / 1e9:.1f}.")
+                f"({peak_after / 1e9:.1f}) the runs.")
+
+    figures = {
+        "ray_vs_plain": round(ray_tps / plain_tps, 3),
+        "target_ray_vs_plain": TARGET_RAY_VS_PLAIN,
+        "cpu_util_of_matmul_peak": round(util, 3),
+        "target_cpu_util_of_matmul_peak": TARGET_UTIL,
+        "meets_targets": bool(ray_tps / plain_tps >= TARGET_RAY_VS_PLAIN and util >= TARGET_UTIL),
+        "ray_vs_plain_fastest": round(ray_fastest / plain_fastest, 3),
+        "ray_tokens_per_s": round(ray_tps, 1),
+        "ray_tokens_per_s_fastest": round(ray_fastest, 1),
+        "ray_steady_steps": len(steady),
+        "ray_per_step_tokens_per_s": [round(v, 1) for v in ray_run["per_step"]],
+        "ray_train_wall_s": round(ray_run["wall_s"], 1),
+        "ray_e2e_tokens_per_s": round(ray_e2e_tps, 1),
+        "ray_logged_utilisation_median": round(statistics.median(
+            ray_run["utilisation"][p["ray_warmup"]:]), 3) if ray_run["utilisation"] else None,
+        "plain_tokens_per_s": round(plain_tps, 1),
+        "plain_tokens_per_s_fastest": round(plain_fastest, 1),
+        "plain_steady_steps": len(plain_samples),
+        "training_flops_per_token": flops_per_token,
+        "fp32_peak_gflops": round(peak / 1e9, 2),
+        "plain_training_gflops": round(plain_tps * flops_per_token / 1e9, 2),
+        "worker_torch_threads": worker_threads,
+        "ray_step_s": round(ray_step_s, 3),
+        "plain_step_s": round(plain_step_s, 3),
+        "n_params": n_params,
+        "batch_per_worker": B,
+        "global_batch_rows": 2 * B,
+        "seq_len": SEQ_LEN,
+        "train_rows": len(rows["tokens"]),
+        "ray_start_s": round(ray_start_s, 1),
+        "dataset_build_s": round(build_s, 1),
+        "torch_threads": threads,
+        "cpu_model": machine_info()["cpu_model"],
+        "quick": args.quick,
+    }
+    if not args.quick:  # where the time goes: the full run's tables
+        figures.update(diagnostics(p, plan, model_cfg, cfg, rows, plain, plain_samples, ray_run,
+                                   threads, flops_per_token))
+    return figures
+
+
+def diagnostics(p: dict, plan, model_cfg: ModelConfig, cfg: TrainConfig, rows: dict, plain,
+                plain_samples: list, ray_run: dict, threads: int, flops_per_token: float) -> dict:
+    """The full run's breakdown: one worker's share without Ray, the workers' loop without Ray
+    (with and without DDP), bf16 autocast, a profiled step, the AdamW variants, the cores used
+    during Ray's steady steps and the workers' own probes."""
+    B = p["batch"]
+    global_tokens = 2 * B * SEQ_LEN
+    plain_tps = tokens_per_s(plain_samples)
+    plain_step_s = global_tokens / plain_tps
+    steady = ray_run["per_step"][p["ray_warmup"]:]
+    ray_tps = statistics.median(steady) if steady else float("nan")
+    ray_step_s = global_tokens / ray_tps
+    n_params = sum(prm.numel() for prm in plain.model.parameters())
+
+    # one Ray worker's share without Ray: batch B, 1 thread
+    torch.set_num_threads(1)
+    one = PlainLoop(model_cfg, cfg, rows, B)
+    one.run(1)
+    one_samples = one.run(p["one_thread"])
+    torch.set_num_threads(threads)
+    del one
+    one_tps = tokens_per_s(one_samples)
+    one_step_s = B * SEQ_LEN / one_tps
+
+    # the workers' loop without Ray (2 processes x 1 thread), with and without DDP
+    no_ray = run_without_ray(plan.manifest, model_cfg, cfg, B, p["no_ray_warmup"],
+                             p["no_ray_steps"])
+
+    # plain bf16 autocast, against the bf16 matmul peak
+    bf16_samples, bf16_peak, prof_bf16 = None, None, None
+    flags = machine_info()["cpu_flags"]
+    if flags.get("avx512_bf16") or flags.get("amx_bf16"):
+        bf16_peak = measure_matmul_peak(torch.bfloat16)
+        bf16 = PlainLoop(model_cfg, cfg, rows, 2 * B, autocast=torch.bfloat16)
+        bf16.run(p["plain_warmup"])
+        bf16_samples = bf16.run(p["bf16_steady"])
+        prof_bf16 = profile_step(bf16)
+        del bf16
+        bf16_peak = max(bf16_peak, measure_matmul_peak(torch.bfloat16))
+    bf16_tps = tokens_per_s(bf16_samples) if bf16_samples else None
+    bf16_util = bf16_tps * flops_per_token / bf16_peak if bf16_tps else None
+
+    prof = profile_step(plain)
+    optim_times = optimizer_variants(model_cfg, cfg, repeats=5)
+    probes = ray_run["probes"]
+    allreduce_s = max((pr.get("allreduce_grad_s", 0.0) for pr in probes), default=float("nan"))
+    allreduce_small_s = max((pr.get("allreduce_small_s", 0.0) for pr in probes),
+                            default=float("nan"))
+
+    print_table(
+        f"Other paths, same global batch of {2 * B} rows",
+        ["path", "torch threads", "steady steps", "step s (median)", "tokens/s (median)",
+         "tokens/s (fastest)", "vs plain"],
+        [["plain process, batch %d (one worker's share)" % B, 1, len(one_samples),
+          f"{one_step_s:.2f}", f"{one_tps:.0f}", f"{max(t / s for s, t in one_samples):.0f}",
+          f"{one_tps / plain_tps:.3f}"],
+         ["  x2 (two independent 1-thread workers, no DDP)", "1+1", "", "",
+          f"{2 * one_tps:.0f}", "", f"{2 * one_tps / plain_tps:.3f}"]]
+        + ([["plain process, bf16 autocast, batch %d" % (2 * B), threads, len(bf16_samples),
+             f"{global_tokens / bf16_tps:.2f}", f"{bf16_tps:.0f}",
+             f"{max(t / s for s, t in bf16_samples):.0f}", f"{bf16_tps / plain_tps:.3f}"]]
+           if bf16_samples else []),
+        caption=(f"bf16 autocast: {bf16_util:.3f} of the bf16 matmul peak "
+                 f"({bf16_peak / 1e9:.1f} GFLOP/s)" if bf16_tps
+                 else "bf16 autocast: not measured (the CPU has neither avx512_bf16 nor AMX)"))
 
     profiles = {"fp32": prof, **({"bf16 autocast": prof_bf16} if prof_bf16 else {})}
     print_table(
@@ -787,37 +843,14 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
                 f"contention overhead.")
 
     return {
-        "ray_vs_plain": round(ray_tps / plain_tps, 3),
-        "target_ray_vs_plain": TARGET_RAY_VS_PLAIN,
-        "cpu_util_of_matmul_peak": round(util, 3),
-        "target_cpu_util_of_matmul_peak": TARGET_UTIL,
         "bf16_util_of_matmul_peak": round(bf16_util, 3) if bf16_util is not None else None,
-        "meets_targets": bool(ray_tps / plain_tps >= TARGET_RAY_VS_PLAIN and util >= TARGET_UTIL),
-        "ray_vs_plain_fastest": round(ray_fastest / plain_fastest, 3),
-        "ray_tokens_per_s": round(ray_tps, 1),
-        "ray_tokens_per_s_fastest": round(ray_fastest, 1),
-        "ray_steady_steps": len(steady),
-        "ray_per_step_tokens_per_s": [round(v, 1) for v in ray_run["per_step"]],
-        "ray_train_wall_s": round(ray_run["wall_s"], 1),
-        "ray_e2e_tokens_per_s": round(ray_e2e_tps, 1),
-        "ray_logged_utilisation_median": round(statistics.median(
-            ray_run["utilisation"][p["ray_warmup"]:]), 3) if ray_run["utilisation"] else None,
-        "plain_tokens_per_s": round(plain_tps, 1),
-        "plain_tokens_per_s_fastest": round(plain_fastest, 1),
-        "plain_steady_steps": len(plain_samples),
         "one_thread_batch_B_tokens_per_s": round(one_tps, 1),
         "two_independent_workers_vs_plain": round(2 * one_tps / plain_tps, 3),
         "ray_vs_two_independent_workers": round(ray_tps / (2 * one_tps), 3),
         "bf16_tokens_per_s": round(bf16_tps, 1) if bf16_tps else None,
         "bf16_vs_fp32": round(bf16_tps / plain_tps, 3) if bf16_tps else None,
-        "training_flops_per_token": flops_per_token,
-        "fp32_peak_gflops": round(peak / 1e9, 2),
-        "bf16_peak_gflops": round(bf16_peak / 1e9, 2),
-        "plain_training_gflops": round(plain_tps * flops_per_token / 1e9, 2),
-        "worker_torch_threads": worker_threads,
+        "bf16_peak_gflops": round(bf16_peak / 1e9, 2) if bf16_peak else None,
         "worker_probes": probes,
-        "ray_step_s": round(ray_step_s, 3),
-        "plain_step_s": round(plain_step_s, 3),
         "one_thread_batch_B_step_s": round(one_step_s, 3),
         "ray_overhead_over_one_worker_s": round(ray_step_s - one_step_s, 3),
         "no_ray_step_s": {k: round(v, 3) for k, v in no_ray.items()},
@@ -827,7 +860,6 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
                                  for k, v in cpu.items()},
         "allreduce_grads_ms": round(1e3 * allreduce_s, 1),
         "allreduce_small_ms": round(1e3 * allreduce_small_s, 2),
-        "n_params": n_params,
         "optimizer_step_ms": {k: round(1e3 * v, 1) for k, v in optim_times.items()},
         "profile_shares": {k: round(v, 3) for k, v in prof["shares"].items()},
         "profile_top_ops": [[k, round(v, 3)] for k, v in prof["top_ops"]],
@@ -837,15 +869,6 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
         "profile_bf16_top_ops": ([[k, round(v, 3)] for k, v in prof_bf16["top_ops"]]
                                  if prof_bf16 else None),
         "profile_bf16_wall_s": round(prof_bf16["wall_s"], 3) if prof_bf16 else None,
-        "batch_per_worker": B,
-        "global_batch_rows": 2 * B,
-        "seq_len": SEQ_LEN,
-        "train_rows": n_rows,
-        "ray_start_s": round(ray_start_s, 1),
-        "dataset_build_s": round(build_s, 1),
-        "torch_threads": threads,
-        "cpu_model": machine_info()["cpu_model"],
-        "quick": args.quick,
     }
 
 
