@@ -9,7 +9,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from infra.storage import absolute
 from model.config import ConfigError, ModelConfig, get_preset
 
 Stage = Literal["pretrain", "long_context", "sft"]
@@ -73,6 +72,8 @@ class TrainConfig(StageOptions):
     @classmethod
     def _absolute(cls, uri: str | None) -> str | None:
         # resolved here, in the driver's working directory: Ray workers run in another one
+        from infra.storage import absolute  # pyarrow: not at import, which `longmix --help` pays
+
         return absolute(uri) if uri else uri
 
     @model_validator(mode="after")
