@@ -294,7 +294,7 @@ async def http_load(client: Client, repeats: int, per_client: dict[int, int]) ->
 async def engine_load(model, tokenizer, n: int, repeats: int, per_client: dict[int, int],
                       max_batch_size: int, max_batch_tokens: int) -> dict:
     from workers.serve.engine import BatchLimits, Engine
-    from workers.serve.sequence import SequenceRequest
+    from model.sequence import SequenceRequest
 
     engine = Engine(model, tokenizer, BatchLimits(max_batch_size, max_batch_tokens))
 

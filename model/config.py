@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
 

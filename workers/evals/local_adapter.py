@@ -11,16 +11,16 @@ import numpy as np
 import torch
 
 from model.attention import KVCache
+from model.batch_decode import decode_step
 from model.checkpoint import checkpoint_digest, load_checkpoint
 from model.encoders import Media, audio_features
 from model.generate import SamplingParams, prefill
+from model.sequence import Sequence, SequenceRequest
 from model.tokenizer import PLACEHOLDER_IDS, MediaPart, Tokenizer
 from model.transformer import Transformer
 from workers.data.media import fit_image, resample
 from workers.evals.adapters import (Audio, CapabilityError, Generated, Message, Part,
                                     TokenSequence, Video)
-from workers.serve.batch_decode import decode_step
-from workers.serve.sequence import Sequence, SequenceRequest
 
 
 class LocalAdapter:

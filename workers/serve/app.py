@@ -17,12 +17,12 @@ from infra.services import free_port
 from infra.settings import Settings
 from model.checkpoint import checkpoint_digest
 from model.generate import SamplingParams
+from model.sequence import SequenceRequest
 from workers.serve.engine import BatchLimits, Engine
 from workers.serve.loading import load_served_model, model_name
 from workers.serve.metrics import ServeMetrics
 from workers.serve.openai_api import build_api
 from workers.serve.request_guard import load_api_keys
-from workers.serve.sequence import SequenceRequest
 
 APP_NAME = "longmix"
 WARM_UP_TOKENS = 4

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
+from model.batch_decode import BatchKV, decode_rows, prefill_batch
 from model.encoders import Media
 from model.generate import Generation
+from model.sequence import Sequence, SequenceRequest, TokenEvent
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
-from workers.serve.batch_decode import BatchKV, decode_rows, prefill_batch
-from workers.serve.sequence import Sequence, SequenceRequest, TokenEvent
 
 
 PREFILL_BATCH_TOKENS = 4096  # padded prompt positions one batched prefill may hold

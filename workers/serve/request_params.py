@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from model.encoders import Media
 from model.generate import SamplingParams
+from model.sequence import SequenceRequest
 from model.tokenizer import Tokenizer
 from workers.serve.errors import APIError
 from workers.serve.loading import ServedModel
 from workers.serve.schemas import Sampling
-from workers.serve.sequence import SequenceRequest
 
 SEED_MODULUS = 2 ** 63
 

@@ -7,9 +7,9 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 
+from model.sequence import TokenEvent
 from model.tokenizer import EOS_ID, Tokenizer
 from workers.serve.errors import APIError
-from workers.serve.sequence import TokenEvent
 
 DONE = "data: [DONE]\n\n"
 
