@@ -22,6 +22,7 @@ from torch import nn
 from model.config import get_preset
 from model.tokenizer import SPECIAL_TOKENS
 from model.transformer import Transformer
+from workers.data.copies import repeated_rows
 
 FIRST_ID = len(SPECIAL_TOKENS)  # the rows' token ids start after the special ones
 HELD_OUT = 64
@@ -84,20 +85,9 @@ class Longmix(nn.Module):
         return out.logits, out.aux_loss + out.z_loss
 
 
-def repeated_rows(gen: torch.Generator, n: int, seq_len: int, vocab: int):
-    """(n, seq_len + 1) rows: a random prefix, then a random stretch repeated; and the mask of
-    the targets that repeat something seen (the second copy on)."""
-    rows, masks = [], []
-    for _ in range(n):
-        period = int(torch.randint(8, seq_len // 2, (), generator=gen))
-        offset = int(torch.randint(0, period, (), generator=gen))
-        stretch = torch.randint(FIRST_ID, FIRST_ID + vocab, (period,), generator=gen)
-        prefix = torch.randint(FIRST_ID, FIRST_ID + vocab, (offset,), generator=gen)
-        rows.append(torch.cat([prefix, stretch.repeat(seq_len // period + 2)])[:seq_len + 1])
-        mask = torch.zeros(seq_len + 1, dtype=torch.bool)
-        mask[offset + period:] = True
-        masks.append(mask)
-    return torch.stack(rows), torch.stack(masks)
+def copy_rows(gen: torch.Generator, n: int, seq_len: int, vocab: int):
+    """(n, seq_len + 1) copy rows and the mask of the targets that repeat something seen."""
+    return repeated_rows(n, seq_len + 1, range(FIRST_ID, FIRST_ID + vocab), (8, seq_len // 2), gen)
 
 
 @torch.no_grad()
@@ -117,7 +107,7 @@ def train(name: str, model: nn.Module, args, held_out) -> list[float]:
     for step in range(args.steps):
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / 50)
-        rows, _ = repeated_rows(gen, args.batch, args.seq_len, args.vocab)
+        rows, _ = copy_rows(gen, args.batch, args.seq_len, args.vocab)
         logits, extra = model(rows[:, :-1])
         loss = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten()) + extra
         optimizer.zero_grad(set_to_none=True)
@@ -136,7 +126,7 @@ def main() -> None:
     if args.quick:
         args.steps, args.every = 150, 50
     use_all_cores()
-    held_out = repeated_rows(torch.Generator().manual_seed(7), HELD_OUT, args.seq_len, args.vocab)
+    held_out = copy_rows(torch.Generator().manual_seed(7), HELD_OUT, args.seq_len, args.vocab)
     shape = (FIRST_ID + args.vocab, args.seq_len, args.d_model, args.layers, args.d_model // 32)
     results = {}
     for name, build in (("textbook", TextbookGPT), ("longmix", Longmix)):

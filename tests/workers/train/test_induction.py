@@ -10,6 +10,7 @@ import torch
 from model.config import get_preset
 from model.encoders import Media
 from model.transformer import Transformer
+from workers.data.copies import repeated_rows
 from workers.data.pack import PackedSequences
 from workers.train.data import Batch
 from workers.train.loop import OptimConfig, make_optimizer, train_step
@@ -18,19 +19,10 @@ VOCAB = range(32, 96)  # 64 ordinary tokens, clear of the special and placeholde
 WIDTH, PERIODS = 41, (4, 13)  # 40 inputs; a random stretch repeated with period 4..12
 
 
-def repeated_rows(n: int, generator: torch.Generator) -> tuple[PackedSequences, torch.Tensor]:
-    """Rows of a random prefix then a random stretch repeated; the mask marks targets that
-    repeat an earlier token (a copy by content predicts them)."""
-    rows, repeats = [], []
-    for _ in range(n):
-        period = int(torch.randint(*PERIODS, (), generator=generator))
-        offset = int(torch.randint(0, period, (), generator=generator))
-        stretch = torch.randint(VOCAB.start, VOCAB.stop, (period,), generator=generator)
-        prefix = torch.randint(VOCAB.start, VOCAB.stop, (offset,), generator=generator)
-        rows.append(torch.cat([prefix, stretch.repeat(WIDTH // period + 1)])[:WIDTH])
-        repeats.append(torch.arange(WIDTH) >= offset + period)
-    tokens = torch.stack(rows)
-    return PackedSequences(tokens, torch.zeros_like(tokens)), torch.stack(repeats)[:, 1:]
+def induction_rows(n: int, generator: torch.Generator) -> tuple[PackedSequences, torch.Tensor]:
+    """Packed copy rows; the mask marks targets that repeat an earlier token."""
+    tokens, repeats = repeated_rows(n, WIDTH, VOCAB, PERIODS, generator)
+    return PackedSequences(tokens, torch.zeros_like(tokens)), repeats[:, 1:]
 
 
 def test_a_small_model_learns_to_copy_by_content():
@@ -42,10 +34,10 @@ def test_a_small_model_learns_to_copy_by_content():
     optim = OptimConfig(lr=3e-3, warmup_steps=50, total_steps=500, weight_decay=0.1)
     optimizer = make_optimizer(model, optim)
     for step in range(optim.total_steps):
-        rows, _ = repeated_rows(64, generator)
+        rows, _ = induction_rows(64, generator)
         train_step(model, optimizer, [Batch(rows, Media())], step, optim)
 
-    rows, repeats = repeated_rows(256, generator)
+    rows, repeats = induction_rows(256, generator)
     model.eval()
     with torch.no_grad():
         logits = model(rows.tokens[:, :-1]).logits  # (N, T, V)
