@@ -129,7 +129,7 @@ def resolve_tokenizer(spec: CorpusSpec, sample: list[str]) -> Tokenizer:
 def synthetic_documents(spec: CorpusSpec, haystacks: list[str], ctx: ReadContext
                         ) -> tuple[list[Document], list[dict]]:
     """Seeded synthetic tasks and canaries, and the canary list for evals."""
-    from workers.data import media_sources, retrieval, synth
+    from workers.data import copies, media_sources, retrieval, synth
 
     syn, seed = spec.synthetic, spec.seed
     exclude = synth.eval_prompt_hashes([Path(p) for p in syn.exclude_prompts_from])
@@ -137,6 +137,8 @@ def synthetic_documents(spec: CorpusSpec, haystacks: list[str], ctx: ReadContext
     if syn.retrieval:
         docs += retrieval.retrieval_examples(syn.retrieval, haystacks, syn.haystack_tokens * 4,
                                              seed, stream=spec.name)
+    if syn.copies:
+        docs += copies.copy_documents(syn.copies, haystacks, seed, stream=spec.name)
     if syn.chat:
         docs += synth.chat_examples(syn.chat, syn.refusal_fraction, seed, exclude_hashes=exclude)
     if syn.spoken_needles:
