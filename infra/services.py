@@ -41,9 +41,9 @@ def _record(settings: Settings, name: str) -> Path:
     return settings.home.resolve() / "services" / f"{name}.json"
 
 
-def process_alive(pid: int, started: float | None = None) -> bool:
-    """Whether the process runs, and (given `started`) is the one that started then, not
-    another that was given the same pid later."""
+def process_alive(pid: int, started: float) -> bool:
+    """Whether the process runs and is the one that started at `started` (its psutil create
+    time), not another that was given the same pid later."""
     try:
         os.waitpid(pid, os.WNOHANG)  # reap it if it is this process's child that has ended
     except ChildProcessError:
@@ -51,7 +51,7 @@ def process_alive(pid: int, started: float | None = None) -> bool:
     try:
         process = psutil.Process(pid)
         return (process.status() != psutil.STATUS_ZOMBIE
-                and (started is None or abs(process.create_time() - started) < 0.01))
+                and abs(process.create_time() - started) < 0.01)
     except psutil.NoSuchProcess:
         return False
     except psutil.AccessDenied:

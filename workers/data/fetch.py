@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 MAX_EXTRACTED_BYTES = 256 * 2**20  # the pinned artifacts unpack to far less; a zip bomb does not
+OUTSIDE = "it would land outside the folder it is unpacked in"  # why a member is refused
 PIP_TIMEOUT_S = 600
 MARKER = ".fetched"  # written last into the unpacked folder; holds the verified sha256
 
@@ -101,8 +102,7 @@ def _extract_tar(archive: Path, dest: Path, max_bytes: int) -> None:
         try:
             member = tarfile.data_filter(member, path)
         except (tarfile.OutsideDestinationError, tarfile.AbsolutePathError):
-            raise _unsafe(archive, member.name, "it would land outside the folder it is "
-                                                "unpacked in") from None
+            raise _unsafe(archive, member.name, OUTSIDE) from None
         except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
             raise _unsafe(archive, member.name, f"a link to {member.linkname!r}") from None
         except tarfile.FilterError as e:  # special files, and whatever the filter adds later
@@ -123,8 +123,7 @@ def _extract_zip(archive: Path, dest: Path, max_bytes: int) -> None:
         for info in zf.infolist():
             relative = PurePosixPath(info.filename)
             if relative.is_absolute() or ".." in relative.parts:
-                raise _unsafe(archive, info.filename, "it would land outside the folder it is "
-                                                      "unpacked in")
+                raise _unsafe(archive, info.filename, OUTSIDE)
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise _unsafe(archive, info.filename, "a link")
             path = dest.joinpath(*relative.parts)

@@ -116,7 +116,8 @@ def stop_host(settings: Settings) -> bool:
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while process_alive(info.pid, info.started) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if process_alive(info.pid, info.started):  # its own session: the group is the host and what it started
+    if process_alive(info.pid, info.started):
+        # its own session: the group is the host and what it started
         os.killpg(info.pid, signal.SIGKILL)
     _info_path(settings).unlink(missing_ok=True)
     return True
