@@ -66,6 +66,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from _common import available_cores, emit_json, machine_info, measure_matmul_peak, parse_args, \
@@ -181,6 +182,23 @@ class PlainLoop:
 
 def tokens_per_s(samples: list[tuple[float, int]]) -> float:
     return statistics.median(tokens / seconds for seconds, tokens in samples)
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The two paths' steady throughput, which the diagnostics compare everything with."""
+    plain_tps: float
+    ray_tps: float
+    global_tokens: int  # tokens of one global step
+    n_params: int
+
+    @property
+    def plain_step_s(self) -> float:
+        return self.global_tokens / self.plain_tps
+
+    @property
+    def ray_step_s(self) -> float:
+        return self.global_tokens / self.ray_tps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -632,17 +650,17 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
     peak_after = measure_matmul_peak(torch.float32)
     peak = max(peak_before, peak_after)
 
-    plain_tps = tokens_per_s(plain_samples)
-    plain_fastest = max(t / s for s, t in plain_samples)
     steady = ray_run["per_step"][p["ray_warmup"]:]
-    ray_tps = statistics.median(steady) if steady else float("nan")
-    ray_fastest = max(steady) if steady else float("nan")
     global_tokens = 2 * B * SEQ_LEN
+    head = Headline(tokens_per_s(plain_samples),
+                    statistics.median(steady) if steady else float("nan"), global_tokens, n_params)
+    plain_tps, ray_tps, ray_step_s, plain_step_s = (head.plain_tps, head.ray_tps, head.ray_step_s,
+                                                    head.plain_step_s)
+    plain_fastest = max(t / s for s, t in plain_samples)
+    ray_fastest = max(steady) if steady else float("nan")
     ray_e2e_tps = ray_steps * global_tokens / ray_run["wall_s"]
     util = plain_tps * flops_per_token / peak
     worker_threads = sorted({pr["torch_threads"] for pr in ray_run["probes"]})
-    ray_step_s = global_tokens / ray_tps
-    plain_step_s = global_tokens / plain_tps
 
     print_table(
         f"Training throughput, small preset, seq {SEQ_LEN}, global batch {2 * B} rows "
@@ -707,24 +725,19 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
         "quick": args.quick,
     }
     if not args.quick:  # where the time goes: the full run's tables
-        figures.update(diagnostics(p, plan, model_cfg, cfg, rows, plain, plain_samples, ray_run,
-                                   threads, flops_per_token))
+        figures.update(diagnostics(p, plan, model_cfg, cfg, rows, plain, ray_run, threads,
+                                   flops_per_token, head))
     return figures
 
 
 def diagnostics(p: dict, plan, model_cfg: ModelConfig, cfg: TrainConfig, rows: dict, plain,
-                plain_samples: list, ray_run: dict, threads: int, flops_per_token: float) -> dict:
+                ray_run: dict, threads: int, flops_per_token: float, head: Headline) -> dict:
     """The full run's breakdown: one worker's share without Ray, the workers' loop without Ray
     (with and without DDP), bf16 autocast, a profiled step, the AdamW variants, the cores used
     during Ray's steady steps and the workers' own probes."""
-    B = p["batch"]
-    global_tokens = 2 * B * SEQ_LEN
-    plain_tps = tokens_per_s(plain_samples)
-    plain_step_s = global_tokens / plain_tps
-    steady = ray_run["per_step"][p["ray_warmup"]:]
-    ray_tps = statistics.median(steady) if steady else float("nan")
-    ray_step_s = global_tokens / ray_tps
-    n_params = sum(prm.numel() for prm in plain.model.parameters())
+    B, global_tokens, n_params = p["batch"], head.global_tokens, head.n_params
+    plain_tps, ray_tps, plain_step_s, ray_step_s = (head.plain_tps, head.ray_tps,
+                                                    head.plain_step_s, head.ray_step_s)
 
     # one Ray worker's share without Ray: batch B, 1 thread
     torch.set_num_threads(1)
