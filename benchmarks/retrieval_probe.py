@@ -14,8 +14,10 @@ are a fact list in the form "Key: value." read twice, the second time shuffled; 
 are a random stretch of the 256 most frequent tokens repeated (the induction unit test's data);
 mqar documents are Zoology's multi-query associative recall over one-token keys and values (the
 128 most frequent tokens as keys, the next 128 as values: `k1 v1 ... kn vn`, then the keys again
-in another order, each followed by its value), measured as `mqar_recall` (chance about 0.1).
-The last line is JSON."""
+in another order, each followed by its value), measured as `mqar_recall` (chance about 0.1);
+mqar2 documents are the same with two-token keys and a ":" between key and value (`k k : v`), the
+step from MQAR towards the drills' "Key: value.", measured as `mqar2_recall`. The last line is
+JSON."""
 
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from workers.evals.haystack import (distractor_numbers, insert_at_depths, questi
 from workers.train.data import Batch
 from workers.train.loop import OptimConfig, make_optimizer, train_step
 
-KINDS = ("text", "lists", "haystacks", "drills", "copies", "mqar")
+KINDS = ("text", "lists", "haystacks", "drills", "copies", "mqar", "mqar2")
 MQAR_PAIRS = (4, 16)  # key-value pairs of an associative-recall document: at least, at most
 HELD_OUT_TEXTS = 12  # the corpus's last texts: haystacks of the held-out examples
 SAMPLES = 20  # held-out examples per kind
@@ -48,9 +50,10 @@ SAMPLES = 20  # held-out examples per kind
 def add_arguments(parser) -> None:
     parser.add_argument("--mix", default="text=0.2,lists=0.6,haystacks=0.2",
                         help=f"shares of the document kinds ({', '.join(KINDS)})")
-    parser.add_argument("--warm-mix", default=None,
-                        help="a mix for the first --warm-steps steps (a curriculum's first phase)")
-    parser.add_argument("--warm-steps", type=int, default=0)
+    parser.add_argument("--warm-mix", action="append", default=[],
+                        help="a mix for the first --warm-steps steps (a curriculum's first phase); "
+                             "repeated, phases in turn, each with its own --warm-steps")
+    parser.add_argument("--warm-steps", type=int, action="append", default=[])
     parser.add_argument("--copy-alphabet", type=int, default=256,
                         help="copy documents draw from this many of the most frequent tokens")
     parser.add_argument("--steps", type=int, default=600)
@@ -104,6 +107,7 @@ class Documents:
         self.chars_per_token = len("\n\n".join(texts)) / len(self.stream)
         counts = np.bincount(np.array(self.stream), minlength=tokenizer.vocab_size)
         self.frequent = np.argsort(-counts)[:256]
+        (self.colon,) = tokenizer.encode(":")
 
     def wrap(self, text: str) -> tuple[list[int], list[bool]]:
         """The document's tokens, and which of them the loss counts: all of them, or with
@@ -126,25 +130,32 @@ class Documents:
             return self.wrap(haystack_example(self.texts, chars, rng)[0])
         if kind == "drills":
             return self.wrap(drill_example(rng)[0])
-        if kind == "mqar":
-            ids = [BOS_ID, *self.mqar(rng)[0], EOS_ID]
+        if kind in ("mqar", "mqar2"):
+            ids = [BOS_ID, *self.mqar(rng, two_token_keys=kind == "mqar2")[0], EOS_ID]
             return ids, [True] * len(ids)
         period = int(rng.integers(4, 40))  # copies
         stretch = list(rng.choice(self.frequent[:self.copy_alphabet], period))
         ids = [BOS_ID, *(stretch * 8)[:int(rng.integers(2 * period, min(n, 6 * period)))], EOS_ID]
         return ids, [True] * len(ids)
 
-    def mqar(self, rng) -> tuple[list[int], list[int]]:
+    def mqar(self, rng, two_token_keys: bool = False) -> tuple[list[int], list[int]]:
         """Multi-query associative recall (Zoology's MQAR) over one-token keys and values: pairs
-        `k v` side by side, then every key again in another order, each followed by its value.
-        (tokens, the positions of the recalled values)."""
+        `k v` side by side, then every key again in another order, each followed by its value;
+        with `two_token_keys`, `k k : v` (a key is a pair of tokens, distinct pairs sharing their
+        tokens, and a separator before the value). (tokens, the positions of the recalled
+        values)."""
         n = int(rng.integers(*MQAR_PAIRS))
-        keys = rng.choice(self.frequent[:128], n, replace=False)
-        values = rng.choice(self.frequent[128:], n)
-        pairs = [int(t) for kv in zip(keys, values) for t in kv]
-        order = rng.permutation(n)
-        recall = [int(t) for i in order for t in (keys[i], values[i])]
-        return pairs + recall, [2 * n + 2 * j + 1 for j in range(n)]
+        if two_token_keys:  # few last tokens: a key's last token alone does not tell it apart
+            heads = rng.choice(self.frequent[8:128], n, replace=False)
+            keys = [[int(h), int(t)] for h, t in zip(heads, rng.choice(self.frequent[:8], n))]
+        else:
+            keys = [[int(k)] for k in rng.choice(self.frequent[:128], n, replace=False)]
+        values = [int(v) for v in rng.choice(self.frequent[128:], n)]
+        sep = [self.colon] if two_token_keys else []
+        pairs = [t for k, v in zip(keys, values) for t in (*k, *sep, v)]
+        recall = [t for i in rng.permutation(n) for t in (*keys[i], *sep, values[i])]
+        width = len(pairs) // n
+        return pairs + recall, [len(pairs) + width * j + width - 1 for j in range(n)]
 
     def row(self, mix: dict[str, float]) -> tuple[list[int], list[int], list[bool]]:
         """seq_len + 1 tokens of whole documents (the last one cut), their document ids and
@@ -185,12 +196,13 @@ def drill_example(rng) -> tuple[str, str, str]:
     return f"{first}\nRecall: {again}", f"{first}\nRecall: {order[0].key}:", order[0].value
 
 
-def held_out_mqar(docs: "Documents") -> list[tuple[list[int], list[int]]]:
+def held_out_mqar(docs: "Documents", two_token_keys: bool = False
+                  ) -> list[tuple[list[int], list[int]]]:
     """MQAR documents from another seed: (tokens with BOS, positions of the recalled values)."""
     rng = np.random.default_rng(11)
     items = []
     for _ in range(SAMPLES):
-        ids, at = docs.mqar(rng)
+        ids, at = docs.mqar(rng, two_token_keys)
         items.append(([BOS_ID, *ids], [p + 1 for p in at]))
     return items
 
@@ -293,7 +305,10 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0], add_arguments)
     steps = 100 if args.quick else args.steps
     mix = parse_mix(args.mix)
-    warm_mix = parse_mix(args.warm_mix) if args.warm_mix else mix
+    if len(args.warm_mix) != len(args.warm_steps):
+        raise SystemExit("give each --warm-mix its --warm-steps")
+    phases = [(parse_mix(m), n) for m, n in zip(args.warm_mix, args.warm_steps)]
+    phase_ends = np.cumsum([n for _, n in phases]).tolist()
     torch.manual_seed(0)
     corpus = python_docs_corpus()
     texts, held_texts = corpus[:-HELD_OUT_TEXTS], corpus[-HELD_OUT_TEXTS:]
@@ -301,7 +316,8 @@ def main() -> None:
     docs = Documents(tok, texts, args.seq_len, seed=0, answers_only=args.answers_only,
                      copy_alphabet=args.copy_alphabet)
     sets, needles = held_out(tok, held_texts, args.seq_len, docs.chars_per_token)
-    mqar_items, copy_items = held_out_mqar(docs), held_out_copies(docs)
+    recall_sets = {"mqar_recall": held_out_mqar(docs), "mqar2_recall": held_out_mqar(docs, True),
+                   "copy_acc": held_out_copies(docs)}
     cfg = get_preset("small", vocab_size=tok.vocab_size, d_model=args.d_model,
                      n_heads=max(2, args.d_model // 32), n_experts=4,
                      expert_hidden=2 * args.d_model, dense_hidden=4 * args.d_model,
@@ -321,7 +337,8 @@ def main() -> None:
     optimizer = make_optimizer(model, optim)
     rng, rows, started = np.random.default_rng(5), [], time.perf_counter()
     for step in range(steps):
-        batch = [docs.row(warm_mix if step < args.warm_steps else mix) for _ in range(args.batch)]
+        phase = next((m for (m, _), end in zip(phases, phase_ends) if step < end), mix)
+        batch = [docs.row(phase) for _ in range(args.batch)]
         packed = PackedSequences(*(torch.tensor([b[i] for b in batch]) for i in range(3)))
         result = train_step(model, optimizer, [Batch(packed, Media())], step, optim,
                             autocast_dtype=torch.bfloat16 if device.type == "cuda" else None)
@@ -331,8 +348,8 @@ def main() -> None:
             for kind, items in sets.items():
                 first, rest = value_accuracy(model, tok, items)
                 row[f"{kind}_first"], row[f"{kind}_rest"] = round(first, 3), round(rest, 3)
-            row["mqar_recall"] = round(recall_accuracy(model, mqar_items), 3)
-            row["copy_acc"] = round(recall_accuracy(model, copy_items), 3)
+            for name, items in recall_sets.items():
+                row[name] = round(recall_accuracy(model, items), 3)
             row["niah_rank1"] = needle_rank1(model, tok, needles, rng)
             row["minutes"] = round((time.perf_counter() - started) / 60, 1)
             model.train()
@@ -344,7 +361,7 @@ def main() -> None:
                 f"qkv conv={args.qkv_conv}, answers only={args.answers_only}",
                 list(rows[0]), [list(r.values()) for r in rows])
     emit_json({**rows[-1], "niah_rank1_chance": 0.1, "mix": mix, "tie": args.tie,
-               "warm_mix": warm_mix, "warm_steps": args.warm_steps,
+               "warm_phases": [{"mix": m, "steps": n} for m, n in phases],
                "copy_alphabet": args.copy_alphabet, "split_digits": args.split_digits,
                "key_conv": args.key_conv, "qkv_conv": args.qkv_conv,
                "answers_only": args.answers_only,
