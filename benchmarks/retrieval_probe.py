@@ -124,12 +124,12 @@ class Documents:
             ids = [BOS_ID, *self.stream[start:start + int(rng.integers(n // 2, n))]]
             return ids, [True] * len(ids)
         if kind == "lists":
-            return self.wrap(list_example(rng)[0])
+            return self.wrap(list_item(rng)[0])
         if kind == "haystacks":
             chars = int(rng.integers(n // 4, n - 40) * self.chars_per_token)
-            return self.wrap(haystack_example(self.texts, chars, rng)[0])
+            return self.wrap(haystack_item(self.texts, chars, rng)[0])
         if kind == "drills":
-            return self.wrap(drill_example(rng)[0])
+            return self.wrap(drill_item(rng)[0])
         if kind in ("mqar", "mqar2"):
             ids = [BOS_ID, *self.mqar(rng, two_token_keys=kind == "mqar2")[0], EOS_ID]
             return ids, [True] * len(ids)
@@ -173,22 +173,22 @@ class Documents:
         return ids[:n], docs[:n], counted[:n]
 
 
-def list_example(rng) -> tuple[str, str, str]:
+def list_item(rng) -> tuple[str, str, str]:
     """A fact list and its first question: (whole text, the text up to the answer, answer)."""
-    text, _ = retrieval._fact_list(rng)
+    text, _ = retrieval.fact_list(rng)
     facts, questions = text.split("\n\n", 1)
     question, answer = questions.split("\n")[0].rsplit(" Answer: ", 1)
     return text, f"{facts}\n\n{question} Answer:", answer
 
 
-def haystack_example(texts, chars, rng) -> tuple[str, str, str]:
-    text, _ = retrieval._haystack_example(str(rng.choice(["single", "multi_key"])), texts, chars,
+def haystack_item(texts, chars, rng) -> tuple[str, str, str]:
+    text, _ = retrieval.haystack_example(str(rng.choice(["single", "multi_key"])), texts, chars,
                                           rng)
     prompt, answer = text.rsplit(" Answer: ", 1)
     return text, prompt + " Answer:", answer
 
 
-def drill_example(rng) -> tuple[str, str, str]:
+def drill_item(rng) -> tuple[str, str, str]:
     facts = retrieval.draw_facts(rng, int(rng.integers(3, 9)))
     first = " ".join(f"{f.key}: {f.value}." for f in facts)
     order = [facts[int(i)] for i in rng.permutation(len(facts))]
@@ -239,8 +239,8 @@ def held_out(tok: Tokenizer, texts: list[str], seq_len: int, chars_per_token: fl
     """(prompt ids, answer) per kind, from other seeds and the held-out texts; the eval needles."""
     rng = np.random.default_rng(7)
     room = int((seq_len - 60) * chars_per_token)
-    makers = {"lists": lambda: list_example(rng), "drills": lambda: drill_example(rng),
-              "haystacks": lambda: haystack_example(texts, room, rng)}
+    makers = {"lists": lambda: list_item(rng), "drills": lambda: drill_item(rng),
+              "haystacks": lambda: haystack_item(texts, room, rng)}
     sets = {}
     for kind, make in makers.items():
         items = []

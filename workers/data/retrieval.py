@@ -147,9 +147,9 @@ def retrieval_examples(count: int, haystack_texts: list[str], haystack_chars: in
         variant = RETRIEVAL_VARIANTS[i % len(RETRIEVAL_VARIANTS)]
         rng = np.random.default_rng([seed, zlib.crc32(stream.encode()), i])
         if variant == "fact_list":
-            text, meta = _fact_list(rng)
+            text, meta = fact_list(rng)
         else:
-            text, meta = _haystack_example(variant, haystack_texts, haystack_chars, rng)
+            text, meta = haystack_example(variant, haystack_texts, haystack_chars, rng)
         docs.append(Document(source="synthetic.retrieval", uri=f"synthetic://retrieval/{seed}/{i}",
                              modality="text", texts=[text], license="", split="train",
                              meta={"task": "retrieval", "variant": variant, **meta}))
@@ -161,7 +161,8 @@ def qa_text(question: str, answer: str) -> str:
     return f"Question: {question} Answer: {answer}"
 
 
-def _fact_list(rng: np.random.Generator) -> tuple[str, dict[str, str]]:
+def fact_list(rng: np.random.Generator) -> tuple[str, dict[str, str]]:
+    """A fact list with its questions answered, and its meta (answers, facts)."""
     facts = draw_facts(rng, int(rng.integers(LIST_FACTS[0], LIST_FACTS[1] + 1)))
     lines = []
     for fact in facts:
@@ -175,8 +176,10 @@ def _fact_list(rng: np.random.Generator) -> tuple[str, dict[str, str]]:
         "facts": json.dumps([f.statement for f in facts])}
 
 
-def _haystack_example(variant: str, texts: list[str], chars: int,
-                      rng: np.random.Generator) -> tuple[str, dict[str, str]]:
+def haystack_example(variant: str, texts: list[str], chars: int,
+                     rng: np.random.Generator) -> tuple[str, dict[str, str]]:
+    """Facts hidden in about `chars` characters of the texts, the question of the variant
+    answered, and its meta (depths, answer, facts)."""
     n = 1 if variant == "single" else int(rng.integers(MULTI_FACTS[0], MULTI_FACTS[1] + 1))
     haystack, breaks = haystack_with_room(texts, chars, rng)
     facts = draw_facts(rng, n, one_key=variant == "multi_value")
