@@ -189,11 +189,10 @@ def haystack_item(texts, chars, rng) -> tuple[str, str, str]:
 
 
 def drill_item(rng) -> tuple[str, str, str]:
-    facts = retrieval.draw_facts(rng, int(rng.integers(3, 9)))
-    first = " ".join(f"{f.key}: {f.value}." for f in facts)
-    order = [facts[int(i)] for i in rng.permutation(len(facts))]
-    again = " ".join(f"{f.key}: {f.value}." for f in order)
-    return f"{first}\nRecall: {again}", f"{first}\nRecall: {order[0].key}:", order[0].value
+    """A recall drill, the text up to its first recalled value, and that value."""
+    text, meta = retrieval.drill(rng)
+    listed, recall = text.split("\nRecall: ")
+    return text, f"{listed}\nRecall: {recall.split(':')[0]}:", meta["answer"].split(", ")[0]
 
 
 def held_out_mqar(docs: "Documents", two_token_keys: bool = False

@@ -137,6 +137,8 @@ def synthetic_documents(spec: CorpusSpec, haystacks: list[str], ctx: ReadContext
     if syn.retrieval:
         docs += retrieval.retrieval_examples(syn.retrieval, haystacks, syn.haystack_tokens * 4,
                                              seed, stream=spec.name)
+    if syn.drills:
+        docs += retrieval.recall_drills(syn.drills, seed, stream=spec.name)
     if syn.copies:
         docs += copies.copy_documents(syn.copies, haystacks, seed, stream=spec.name)
     if syn.chat:

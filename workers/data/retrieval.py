@@ -10,7 +10,8 @@ with other questions. So a model that answers the eval has learnt to retrieve, n
 
 Three kinds of documents, all seeded and all split="train":
 - fact lists: a dozen facts among short filler sentences, then questions about several of them
-  (dense supervision: the curriculum's first steps);
+  (dense supervision: the curriculum's first steps); recall drills, the densest form: a few
+  facts as "Key: value.", then recalled in another order (`recall_drills`);
 - haystacks: one or more facts hidden at sentence breaks of real training-split text, then a
   question (single, multi_key, multi_value, multi_needle, as the report's variants);
 - every question is answered right after it, and the loss covers every token.
@@ -28,12 +29,14 @@ import numpy as np
 
 from workers.data.needles import NEEDLE_CITIES, join_names, needle_question, needle_sentence
 from workers.data.records import Document
+from workers.data.synth import PROJECT_LICENSE
 
-FACT_TASKS = ("retrieval", "spoken_needle", "frame_needle")  # the documents that carry facts
+FACT_TASKS = ("retrieval", "drills", "spoken_needle", "frame_needle")  # documents with facts
 RETRIEVAL_VARIANTS = ("fact_list", "single", "multi_key", "multi_value", "multi_needle")
 MULTI_FACTS = (2, 5)  # facts planted by the multi_* variants: at least, at most
 LIST_FACTS = (6, 16)
 LIST_QUESTIONS = 4
+DRILL_FACTS = (3, 8)  # facts of a recall drill: at least, at most
 HAYSTACK_DRAWS = 20  # windows tried before deciding the texts cannot hold the facts
 SENTENCE_BREAK = re.compile(r"\.[ \n]")
 
@@ -154,6 +157,31 @@ def retrieval_examples(count: int, haystack_texts: list[str], haystack_chars: in
                              modality="text", texts=[text], license="", split="train",
                              meta={"task": "retrieval", "variant": variant, **meta}))
     return docs
+
+
+def recall_drills(count: int, seed: int, stream: str = "") -> list[Document]:
+    """`count` recall drills (`drill`); `stream` as for retrieval_examples. The text is the
+    project's own: no haystack."""
+    docs = []
+    for i in range(count):
+        rng = np.random.default_rng([seed, zlib.crc32(f"{stream}/drills".encode()), i])
+        text, meta = drill(rng)
+        docs.append(Document(source="synthetic.drills", uri=f"synthetic://drills/{seed}/{i}",
+                             modality="text", texts=[text], license=PROJECT_LICENSE, split="train",
+                             meta={"task": "drills", **meta}))
+    return docs
+
+
+def drill(rng: np.random.Generator) -> tuple[str, dict[str, str]]:
+    """Facts as "Key: value.", then "Recall:" and the same facts in another order: each value is
+    found by its key alone, the lookup in its densest form. The text, and its meta (the values in
+    recall order, the facts)."""
+    facts = draw_facts(rng, int(rng.integers(DRILL_FACTS[0], DRILL_FACTS[1] + 1)))
+    recalled = [facts[int(i)] for i in rng.permutation(len(facts))]
+    listed, again = (" ".join(f"{f.key}: {f.value}." for f in fs) for fs in (facts, recalled))
+    return f"{listed}\nRecall: {again}", {
+        "answer": ", ".join(f.value for f in recalled),
+        "facts": json.dumps([f"{f.key}: {f.value}." for f in facts])}
 
 
 def qa_text(question: str, answer: str) -> str:

@@ -101,6 +101,7 @@ class SyntheticSpec(_Strict):
     """Counts of synthetic examples mixed into the corpus (seeded; built from the training split)."""
 
     retrieval: int = Field(0, ge=0)  # single needle, multi-key, multi-value, multi-needle
+    drills: int = Field(0, ge=0)  # recall drills: "Key: value." facts, recalled in another order
     copies: int = Field(0, ge=0)  # a stretch of frequent words repeated: forms the copy circuit
     haystack_tokens: int = Field(384, ge=32)  # approximate length of a retrieval haystack
     spoken_needles: int = Field(0, ge=0)

@@ -41,7 +41,7 @@ def test_tiny_spec_builds_every_split_with_every_modality(tiny_build):
     assert train["rows"] > 0 and all(manifest["splits"][s]["rows"] > 0 for s in ("validation", "test"))
     assert all(train["tokens"][m] > 0 for m in ("text", "image", "audio", "video"))
     assert manifest["synthetic"]["retrieval"] == 4 and manifest["synthetic"]["chat"] == 8
-    assert manifest["synthetic"]["copies"] == 4
+    assert manifest["synthetic"]["copies"] == manifest["synthetic"]["drills"] == 4
     assert len(manifest["canaries"]) == 2 and {"prefix", "secret"} <= set(manifest["canaries"][0])
     assert {s["license"] for s in manifest["sources"]} >= {"PSF-2.0"}
     assert manifest["tokenizer"]["vocab_size"] == 512
@@ -56,7 +56,8 @@ def test_splits_are_disjoint_by_content(tiny_build):
     assert len(split_of_hash) == len(index)  # de-duplicated
     assert {d["split"] for d in index} == {"train", "validation", "test"}
     synthetic = [d for d in index if d["source"] == "synthetic"]
-    assert sum(d["uri"].startswith("synthetic://copies/") for d in synthetic) == 4
+    for task in ("copies", "drills"):
+        assert sum(d["uri"].startswith(f"synthetic://{task}/") for d in synthetic) == 4
     assert all(d["split"] == "train" for d in synthetic if not d["uri"].startswith("synthetic://chat"))
 
 

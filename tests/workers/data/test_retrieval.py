@@ -8,12 +8,14 @@ import pytest
 from workers.data.needles import NEEDLE_CITIES, needle_question, needle_sentence
 from workers.data.records import Document
 from workers.data.retrieval import (
+    DRILL_FACTS,
     EVAL_VALUE,
     RETRIEVAL_VARIANTS,
     TEMPLATES,
     check_disjoint,
     draw_facts,
     eval_template_hashes,
+    recall_drills,
     retrieval_examples,
     template_hashes,
 )
@@ -111,3 +113,21 @@ def test_two_corpora_with_one_seed_draw_different_facts(corpus):
     pretrain = retrieval_examples(5, corpus, 1500, seed=0, stream="demo")
     long = retrieval_examples(5, corpus, 1500, seed=0, stream="demo-long")
     assert not {d.text for d in pretrain} & {d.text for d in long}
+
+
+def test_a_recall_drill_recalls_every_listed_fact_in_another_order():
+    drills = recall_drills(30, seed=2, stream="demo")
+    check_disjoint(drills)
+    reordered = 0
+    for doc in drills:
+        listed, recall = doc.text.split("\nRecall: ")
+        facts = json.loads(doc.meta["facts"])
+        assert listed == " ".join(facts) and DRILL_FACTS[0] <= len(facts) <= DRILL_FACTS[1]
+        recalled = [f.rstrip(".") for f in recall.split(". ")]
+        assert sorted(recalled) == sorted(f.rstrip(".") for f in facts)  # the same facts
+        values = [f.split(": ")[1] for f in recalled]
+        assert doc.meta["answer"] == ", ".join(values)  # the values in recall order
+        reordered += recall != listed
+        assert doc.split == "train" and doc.meta["task"] == "drills"
+    assert reordered > 20  # another order, not a copy of the list
+    assert not {d.text for d in drills} & {d.text for d in recall_drills(30, seed=2, stream="x")}
