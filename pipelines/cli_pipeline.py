@@ -139,6 +139,25 @@ def stage_line(stage: StageSummary) -> str:
     return line + ("" if stage.loss is None else f", loss {stage.loss:.4g}")
 
 
+def stage_steps(text: str, stages: list[str]) -> dict[str, int]:
+    """--train-steps: "N" for every stage, or "STAGE=N,..." for some. The steps are checked by
+    the stage's config; a stage the profile does not have is refused here, by name."""
+    if "=" not in text:
+        return dict.fromkeys(stages, int(text)) if text.strip().isdigit() else _bad_steps(text)
+    steps = {}
+    for part in text.split(","):
+        stage, _, value = part.partition("=")
+        if stage.strip() not in stages or not value.strip().isdigit():
+            return _bad_steps(text, stages)
+        steps[stage.strip()] = int(value)
+    return steps
+
+
+def _bad_steps(text: str, stages: list[str] | None = None) -> dict[str, int]:
+    choices = f"; this profile's stages: {', '.join(stages)}" if stages else ""
+    raise ValueError(f"--train-steps {text!r}: give N, or STAGE=N,...{choices}")
+
+
 def run(
     profile: str = typer.Option("demo", help="demo (the quickstart), capable (the model trained to "
                                 "retrieve, about an hour) or tiny (seconds, for tests)"),
@@ -147,8 +166,9 @@ def run(
     wait: bool = typer.Option(False, help="wait for a reviewer instead of the demo reviewer"),
     deploy: bool = typer.Option(True, help="deploy the approved version"),
     policy: str | None = typer.Option(None, help="gate policy (default: the profile's)"),
-    train_steps: int | None = typer.Option(None, min=1, help="steps of every training stage "
-                                           "(default: the profile's)"),
+    train_steps: str | None = typer.Option(None, help="steps of every training stage (N), or of "
+                                           "some (STAGE=N,...; the others as the profile's); "
+                                           "default: the profile's"),
     safety_data: Path | None = typer.Option(None, help="a folder of the public safety sets "
                                             "(AdvBench, HarmBench, StrongREJECT, JailbreakBench, "
                                             "XSTest, ...) for the refusal and over-refusal evals"),
@@ -168,7 +188,9 @@ def run(
             promote["policy"] = policy
         train = base.train.model_dump()
         if train_steps:
-            train["stages"] = [{**stage, "steps": train_steps} for stage in train["stages"]]
+            steps = stage_steps(train_steps, [stage["stage"] for stage in train["stages"]])
+            train["stages"] = [{**stage, "steps": steps.get(stage["stage"], stage["steps"])}
+                               for stage in train["stages"]]
         evals = base.eval.model_dump()
         if safety_data:
             evals["safety_data"] = safety_data

@@ -76,3 +76,24 @@ def test_train_options_are_validated_by_the_config_naming_the_field(tmp_path):
     assert "lr: Input should be greater than 0" in output
     result = runner.invoke(app, ["train", "--dataset", str(tmp_path), "--stage", "dpo"])
     assert result.exit_code == 2 and "dpo" in result.output  # not a stage: refused by the CLI
+
+
+def test_run_train_steps_set_every_stage_or_the_stages_named():
+    from pipelines.cli_pipeline import stage_steps
+
+    stages = ["pretrain", "long_context", "sft"]
+    assert stage_steps("3", stages) == {"pretrain": 3, "long_context": 3, "sft": 3}
+    assert stage_steps("sft=3, pretrain=5", stages) == {"sft": 3, "pretrain": 5}
+    with pytest.raises(ValueError, match="this profile's stages: pretrain, long_context, sft"):
+        stage_steps("dpo=3", stages)
+    with pytest.raises(ValueError, match="give N, or STAGE=N"):
+        stage_steps("three", stages)
+
+
+def test_run_refuses_bad_train_steps_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("LONGMIX_HOME", str(tmp_path))
+    result = runner.invoke(app, ["run", "--profile", "tiny", "--train-steps", "dpo=3"])
+    assert result.exit_code == 2 and "dpo=3" in result.output
+    result = runner.invoke(app, ["run", "--profile", "tiny", "--train-steps", "sft=0"])
+    assert result.exit_code == 2 and "greater than or equal to 1" in " ".join(result.output.split())
+    assert not any(tmp_path.iterdir())  # no service started, nothing written

@@ -168,8 +168,9 @@ def test_flows_serve_runs_a_deployment_triggered_through_prefect(home, champion)
 
 
 def _run_v2(home: Path, *args: str, **env) -> subprocess.CompletedProcess:
-    """A second version (other training steps), waiting for a reviewer, never deployed."""
-    return _longmix(home, "run", "--profile", "tiny", "--train-steps", "3", "--wait",
+    """A second version (its sft stage trained for other steps, on version 1's pretrain and
+    long_context checkpoints, which are cached), waiting for a reviewer, never deployed."""
+    return _longmix(home, "run", "--profile", "tiny", "--train-steps", "sft=3", "--wait",
                     "--no-deploy", *args, **env)
 
 
@@ -222,7 +223,7 @@ def strict_gate(home, champion, tmp_path_factory) -> tuple[subprocess.CompletedP
     """Version 2 judged by a policy it fails (NIAH ≥ 0.9): the run, and the policy file."""
     policy = tmp_path_factory.mktemp("policy") / "strict.yaml"
     policy.write_text(STRICT_POLICY)
-    return _longmix(home, "run", "--profile", "tiny", "--train-steps", "3", "--no-deploy",
+    return _longmix(home, "run", "--profile", "tiny", "--train-steps", "sft=3", "--no-deploy",
                     "--policy", str(policy)), policy
 
 
@@ -250,7 +251,7 @@ def test_a_named_override_of_a_failed_check_holds_when_the_flow_runs_again(home,
     assert given.returncode == 0 and "gate passed" in given.stdout, given.stdout
     approve = _longmix(home, "approve", "longmix/2", "--reviewer", "alice")
     assert approve.returncode == 0, approve.stdout
-    again = _longmix(home, "run", "--profile", "tiny", "--train-steps", "3", "--no-deploy",
+    again = _longmix(home, "run", "--profile", "tiny", "--train-steps", "sft=3", "--no-deploy",
                      "--wait", "--policy", str(policy), LONGMIX_APPROVAL_TIMEOUT_S="30")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "overridden: niah by alice" in again.stdout
