@@ -142,20 +142,13 @@ def stage_line(stage: StageSummary) -> str:
 def stage_steps(text: str, stages: list[str]) -> dict[str, int]:
     """--train-steps: "N" for every stage, or "STAGE=N,..." for some. The steps are checked by
     the stage's config; a stage the profile does not have is refused here, by name."""
-    if "=" not in text:
-        return dict.fromkeys(stages, int(text)) if text.strip().isdigit() else _bad_steps(text)
-    steps = {}
-    for part in text.split(","):
-        stage, _, value = part.partition("=")
-        if stage.strip() not in stages or not value.strip().isdigit():
-            return _bad_steps(text, stages)
-        steps[stage.strip()] = int(value)
-    return steps
-
-
-def _bad_steps(text: str, stages: list[str] | None = None) -> dict[str, int]:
-    choices = f"; this profile's stages: {', '.join(stages)}" if stages else ""
-    raise ValueError(f"--train-steps {text!r}: give N, or STAGE=N,...{choices}")
+    parts = [p.partition("=") for p in text.split(",")] if "=" in text else [
+        (stage, "=", text) for stage in stages]
+    steps = {stage.strip(): value.strip() for stage, _, value in parts}
+    if not set(steps) <= set(stages) or not all(v.isdigit() for v in steps.values()):
+        raise ValueError(f"--train-steps {text!r}: give N, or STAGE=N,...; this profile's "
+                         f"stages: {', '.join(stages)}")
+    return {stage: int(value) for stage, value in steps.items()}
 
 
 def run(
