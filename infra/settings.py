@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     approval_timeout_s: float = Field(3600.0, gt=0)
     approval_poll_s: float = Field(5.0, gt=0)
     approval_valid_hours: float | None = Field(None, gt=0)  # None: an approval does not expire
+    # the audit log's Ed25519 keys (docs/security.md): the signing key, which only the promotion
+    # step holds (None: one made under home at first use), and the public key `longmix audit
+    # verify` trusts (None: the signing key's file with the suffix .pub)
+    audit_signing_key_file: Path | None = None
+    audit_public_key_file: Path | None = None
     deploy_target: Literal["local", "rayservice"] = "local"  # local Ray Serve, or KubeRay
     k8s_namespace: str = "longmix"  # the RayService's namespace (deploy_target=rayservice)
     k8s_rayservice: str = "longmix"  # the RayService the deployer creates or patches
@@ -75,6 +80,14 @@ class Settings(BaseSettings):
     @property
     def audit_uri(self) -> str:
         return f"{self.storage_root}/audit"
+
+    @property
+    def audit_signing_key(self) -> Path:
+        return self.audit_signing_key_file or self.home.resolve() / "keys" / "audit-signing.key"
+
+    @property
+    def audit_public_key(self) -> Path:
+        return self.audit_public_key_file or self.audit_signing_key.with_suffix(".pub")
 
     @property
     def deployments_uri(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -34,9 +35,13 @@ def storage_env() -> dict[str, str]:
     return {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
 
 
+def s3_region() -> str:
+    return os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    kwargs = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+    kwargs = {"region": s3_region(),
               "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
               "connect_timeout": 5, "request_timeout": 30}
     if endpoint:
@@ -138,6 +143,43 @@ def write_bytes(uri: str, data: bytes) -> None:
         with fs.open_output_stream(path) as f:
             f.write(data)
     except OSError as e:
+        raise StorageError(f"{uri}: cannot write ({e})") from e
+
+
+def create_new(uri: str, data: bytes) -> None:
+    """Create `uri` with `data` only if nothing is there: FileExistsError if something is, so of
+    two writers racing for one name exactly one wins. Locally a hidden temporary file (mode 0600)
+    hard-linked into place: atomic, no reader sees half a file. On S3 a conditional put
+    (If-None-Match: *): S3 refuses it (412) when the key exists, and may refuse one of two
+    concurrent conditional puts (409); either way the caller lost the name."""
+    if is_s3(uri):
+        _put_if_absent(uri, data)
+        return
+    _, path = resolve(uri)
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, staged = tempfile.mkstemp(prefix=f".{Path(path).name}.", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.link(staged, path)  # atomic and exclusive: FileExistsError if the name is taken
+    finally:
+        os.unlink(staged)
+
+
+def _put_if_absent(uri: str, data: bytes) -> None:
+    # boto3, not pyarrow: pyarrow's S3 filesystem cannot send If-None-Match. boto3 finds the
+    # endpoint and credentials in the same AWS_* variables as s3_filesystem.
+    import boto3
+    from botocore.exceptions import ClientError
+
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    client = boto3.client("s3", region_name=s3_region())
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except ClientError as e:
+        if e.response["Error"]["Code"] in ("PreconditionFailed", "ConditionalRequestConflict"):
+            raise FileExistsError(uri) from None
         raise StorageError(f"{uri}: cannot write ({e})") from e
 
 

@@ -40,13 +40,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from infra.registry import DIGEST_TAG, download_checkpoint
 from infra.settings import Settings
 from model.checkpoint import CheckpointError
-from pipelines.audit import AuditError, audit_log
+from pipelines.audit import RECEIPT_TAG, AuditError, audit_log
 
 REVIEW_TAG = "longmix.review"
 STATUS_TAG = "approval.status"  # pending, approved, rejected
 REQUESTED_BY_TAG = "approval.requested_by"
 REVIEWER_TAG = "approval.reviewer"
-RECEIPT_TAG = "approval.receipt"  # the hash of the approval's audit record
 EVIDENCE_TAGS = ("gate.decision_digest", "gate.report_digest")
 REVIEW_FORMAT = ("'approve <digest> by <reviewer>' or 'reject <digest> by <reviewer>: <reason>' "
                  "(digest: the version's longmix.digest, at least its first 12 hex characters; "
@@ -129,8 +128,9 @@ def request_review(client, name: str, version: str | int, triggered_by: str,
     digest = version_digest(tags, name, version)
     client.set_model_version_tag(name, str(version), STATUS_TAG, "pending")
     client.set_model_version_tag(name, str(version), REQUESTED_BY_TAG, triggered_by)
-    audit_log(settings).append("review_requested", triggered_by, model=model_ref(name, version),
-                               digest=digest, details=evidence(tags))
+    audit_log(settings, client).append("review_requested", triggered_by,
+                                       model=model_ref(name, version), digest=digest,
+                                       details=evidence(tags))
 
 
 def review(client, name: str, version: str | int, decision: Literal["approve", "reject"],
@@ -223,8 +223,9 @@ def evidence(tags: dict[str, str]) -> dict[str, str | None]:
 
 def record_rejection(client, name: str, version: str, found: Review, digest: str,
                      settings: Settings) -> None:
-    audit_log(settings).append("rejection", found.reviewer, model=model_ref(name, version),
-                               digest=digest, details={"reason": found.reason})
+    audit_log(settings, client).append("rejection", found.reviewer,
+                                       model=model_ref(name, version), digest=digest,
+                                       details={"reason": found.reason})
     client.set_model_version_tag(name, version, STATUS_TAG, "rejected")
 
 
@@ -239,9 +240,9 @@ def record_approval(client, name: str, version: str, found: Review, digest: str,
               "expires_at": approved_at + timedelta(hours=hours) if hours else None}
     details = ApprovalReceipt(**fields, audit_hash="").model_dump(mode="json",
                                                                   exclude={"audit_hash"})
-    record = audit_log(settings).append("approval", found.reviewer,
-                                        model=model_ref(name, version), digest=digest,
-                                        details=details)
+    record = audit_log(settings, client).append("approval", found.reviewer,
+                                                model=model_ref(name, version), digest=digest,
+                                                details=details)
     receipt = ApprovalReceipt(**details, audit_hash=record.hash)
     for key, value in {STATUS_TAG: "approved", REVIEWER_TAG: found.reviewer,
                        RECEIPT_TAG: record.hash}.items():

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
-audit_app = typer.Typer(help="the hash-chained audit log", no_args_is_help=True)
+audit_app = typer.Typer(help="the signed, hash-chained audit log", no_args_is_help=True)
 
 
 def _client():
@@ -169,21 +169,22 @@ def status(model: str = typer.Option("longmix", help="registered model name")) -
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Check the audit log's hash chain, and that every record the registry names is in it."""
+    """Check the audit log: every record's hash and signature (against the public key), the chain,
+    the signed head (a removed tail is named), and that every record the registry names is in it."""
     from infra.settings import get_settings
-    from pipelines.audit import AuditError, audit_log
+    from pipelines.audit import AuditError, audit_log, referenced_hashes
 
     settings = get_settings()
-    client = _client()
-    referenced = [v.tags["approval.receipt"] for v in client.search_model_versions()
-                  if "approval.receipt" in v.tags]
+    referenced = referenced_hashes(_client())
     try:
         records = audit_log(settings).verify(referenced)
     except AuditError as e:
         _refuse(e)
-    last = records[-1].hash[:12] if records else "none"
+    last = f"seq {records[-1].seq} {records[-1].hash[:12]}" if records else "none"
     console.print(f"audit log {settings.audit_uri}: {len(records)} records, chain intact, "
-                  f"{len(referenced)} receipts found; head {last}", highlight=False)
+                  f"every signature valid (public key {settings.audit_public_key}), all "
+                  f"{len(referenced)} hashes the registry holds present; head {last}",
+                  highlight=False)
 
 
 @audit_app.command("show")

@@ -16,7 +16,7 @@ from pydantic import TypeAdapter
 
 from model.checkpoint import DigestRecord
 from pipelines.approval import ApprovalReceipt
-from pipelines.audit import AuditRecord
+from pipelines.audit import AuditHead, AuditRecord
 from pipelines.deploy import DeploymentRecord
 from pipelines.gate.decide import GateDecision
 from pipelines.lineage import Lineage
@@ -35,6 +35,7 @@ CONTRACTS: dict[str, type] = {
     "5-gate-decision": GateDecision,
     "6-approval-receipt": ApprovalReceipt,
     "6-audit-record": AuditRecord,
+    "6-audit-head": AuditHead,
     "7-deployment-record": DeploymentRecord,
     "lineage": Lineage,
 }

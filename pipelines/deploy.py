@@ -132,7 +132,7 @@ def _blue_green(client: MlflowClient, name: str, candidate: VersionRef, settings
     # refused before anything starts (a local target starts the serving host)
     key = smoke_key(settings, target.kind if target else settings.deploy_target)
     target = target or target_for(settings)
-    audit = audit_log(settings)
+    audit = audit_log(settings, client)
     serving = target.serving_version()
     if serving == version:
         raise DeployError(f"{model} already serves; nothing to switch to")

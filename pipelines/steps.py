@@ -266,10 +266,10 @@ def gate_step(model: StageResult, evaluation: EvalRef, policy: str,
     overridden = {o.check for o in decision.overrides}
     failed = [f"{c.name} ({c.metric} {c.threshold}: {c.reason})" for c in decision.checks
               if not c.passed and c.name not in overridden]
-    audit_log(settings).append("gate", "longmix-pipeline", model=model.registered,
-                               digest=model.digest,
-                               details={"status": decision.status, "policy": decision.policy,
-                                        "decision_digest": decision.digest(), "failed": failed})
+    audit_log(settings, client).append(
+        "gate", "longmix-pipeline", model=model.registered, digest=model.digest,
+        details={"status": decision.status, "policy": decision.policy,
+                 "decision_digest": decision.digest(), "failed": failed})
     if decision.status != "passed":
         raise GateFailed(f"{model.registered} failed the {decision.policy} gate: {'; '.join(failed)}")
     return GateResult(status=decision.status, policy=decision.policy,

@@ -74,8 +74,8 @@ def override_check(client, model_name: str, version: str, check: str, reviewer: 
         raise GateError(f"{model_name} version {version} has no gate decision to override")
     decision = override(recorded, check, reviewer, reason)
     record_decision(client, model_name, version, decision)
-    audit_log(settings).append("override", reviewer, model=f"{model_name}/{version}",
-                               digest=decision.model_digest,
-                               details={"check": check, "reason": reason, "status": decision.status,
-                                        "decision_digest": decision.digest()})
+    audit_log(settings, client).append(
+        "override", reviewer, model=f"{model_name}/{version}", digest=decision.model_digest,
+        details={"check": check, "reason": reason, "status": decision.status,
+                 "decision_digest": decision.digest()})
     return decision
