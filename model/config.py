@@ -142,6 +142,11 @@ _preset("tiny", vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
 _preset("small", vocab_size=4096, d_model=256, n_layers=4, n_heads=8, n_kv_heads=2,
         max_seq_len=4096, n_experts=8, top_k=2, expert_hidden=512, dense_hidden=1024,
         rope_original_max_seq_len=4096)
+# compact: small's depth at half its width, four experts, tied embeddings: the retrieval probe's
+# model (docs/training.md), fast enough on 2 CPUs to train past the step where retrieval forms
+_preset("compact", vocab_size=4096, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2,
+        max_seq_len=4096, n_experts=4, top_k=2, expert_hidden=256, dense_hidden=512,
+        tie_embeddings=True, rope_original_max_seq_len=4096)
 # base: one GPU; ~156M active of ~750M total parameters
 _preset("base", vocab_size=32768, d_model=768, n_layers=12, n_heads=12, n_kv_heads=4,
         max_seq_len=8192, n_experts=16, top_k=2, expert_hidden=1536, n_shared_experts=0,

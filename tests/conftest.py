@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -35,9 +37,18 @@ def ray_local(tmp_path_factory):
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def s3_server():
-    """A local S3-compatible server (moto in server mode) on loopback, with a bucket."""
+# moto's own server answers each request in a thread and checks a conditional put (If-None-Match)
+# apart from the write; one request at a time makes that put atomic, as S3's is
+SERIAL_MOTO = ("import sys; from werkzeug.serving import run_simple; from moto.server import "
+               "DomainDispatcherApplication, MotoRequestHandler, create_backend_app; "
+               "run_simple(sys.argv[1], int(sys.argv[2]), DomainDispatcherApplication("
+               "create_backend_app), threaded=False, request_handler=MotoRequestHandler)")
+
+
+@contextlib.contextmanager
+def moto_server(serial: bool = False):
+    """A local S3-compatible server (moto in server mode) on loopback, with a bucket; the AWS
+    environment points at it until it stops."""
     import os
     import shutil
     import socket
@@ -50,9 +61,10 @@ def s3_server():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    exe = shutil.which("moto_server", path=os.path.dirname(sys.executable))
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = ([sys.executable, "-c", SERIAL_MOTO, "127.0.0.1", str(port)] if serial else
+               [shutil.which("moto_server", path=os.path.dirname(sys.executable)),
+                "-H", "127.0.0.1", "-p", str(port)])
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
@@ -77,3 +89,16 @@ def s3_server():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    with moto_server() as server:
+        yield server
+
+
+@pytest.fixture
+def serial_s3_server():
+    """An S3 server whose conditional puts are atomic (SERIAL_MOTO), for races."""
+    with moto_server(serial=True) as server:
+        yield server

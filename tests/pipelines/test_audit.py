@@ -283,8 +283,8 @@ def append_in_another_process(uri: str, keys: AuditKeys, start, results) -> None
 
 
 @pytest.mark.slow
-def test_two_processes_appending_to_one_s3_log_never_share_a_seq(s3_server, keys):
-    uri = f"s3://{s3_server['bucket']}/audit-race"
+def test_two_processes_appending_to_one_s3_log_never_share_a_seq(serial_s3_server, keys):
+    uri = f"s3://{serial_s3_server['bucket']}/audit-race"
     keys.signing_key()  # made once before the race, as the promotion step's Secret is
     spawn = multiprocessing.get_context("spawn")  # two OS processes, each with its own clients
     start, results = spawn.Barrier(2), spawn.Queue()

@@ -169,15 +169,15 @@ def test_flows_serve_runs_a_deployment_triggered_through_prefect(home, champion)
 
 def _run_v2(home: Path, *args: str, **env) -> subprocess.CompletedProcess:
     """A second version (its sft stage trained for other steps, on version 1's pretrain and
-    long_context checkpoints, which are cached), waiting for a reviewer, never deployed."""
-    return _longmix(home, "run", "--profile", "tiny", "--train-steps", "sft=3", "--wait",
-                    "--no-deploy", *args, **env)
+    long_context checkpoints, which are cached), never deployed."""
+    return _longmix(home, "run", "--profile", "tiny", "--train-steps", "sft=3", "--no-deploy",
+                    *args, **env)
 
 
 @pytest.fixture(scope="module")
 def unreviewed(home, champion) -> subprocess.CompletedProcess:
     """Version 2 registered, its run stopped waiting for a review that never came."""
-    return _run_v2(home, LONGMIX_APPROVAL_TIMEOUT_S="3")
+    return _run_v2(home, "--wait", LONGMIX_APPROVAL_TIMEOUT_S="3")
 
 
 def test_no_approval_times_out_naming_what_it_waits_for(unreviewed):
@@ -191,7 +191,7 @@ def test_no_approval_times_out_naming_what_it_waits_for(unreviewed):
 def test_approval_by_the_triggering_user_is_refused(home, unreviewed):
     approve = _longmix(home, "approve", "longmix/2", "--reviewer", TRIGGERED_BY)
     assert approve.returncode == 0, approve.stdout
-    result = _run_v2(home, LONGMIX_APPROVAL_TIMEOUT_S="30")
+    result = _run_v2(home, "--wait", LONGMIX_APPROVAL_TIMEOUT_S="30")
     assert result.returncode == 1
     assert "four eyes" in result.stdout + result.stderr
 
@@ -199,7 +199,7 @@ def test_approval_by_the_triggering_user_is_refused(home, unreviewed):
 def test_artifact_changed_after_approval_is_refused(home, unreviewed):
     approve = _longmix(home, "approve", "longmix/2", "--reviewer", "alice")
     assert approve.returncode == 0, approve.stdout
-    result = _run_v2(home, LONGMIX_APPROVAL_TIMEOUT_S="30")
+    result = _run_v2(home, "--wait", LONGMIX_APPROVAL_TIMEOUT_S="30")
     assert result.returncode == 0, result.stdout + result.stderr  # approved; not deployed
 
     client = _client(home)
@@ -223,8 +223,7 @@ def strict_gate(home, champion, tmp_path_factory) -> tuple[subprocess.CompletedP
     """Version 2 judged by a policy it fails (NIAH ≥ 0.9): the run, and the policy file."""
     policy = tmp_path_factory.mktemp("policy") / "strict.yaml"
     policy.write_text(STRICT_POLICY)
-    return _longmix(home, "run", "--profile", "tiny", "--train-steps", "sft=3", "--no-deploy",
-                    "--policy", str(policy)), policy
+    return _run_v2(home, "--policy", str(policy)), policy
 
 
 def test_failing_gate_stops_the_flow_and_records_the_step(home, strict_gate):
@@ -251,8 +250,7 @@ def test_a_named_override_of_a_failed_check_holds_when_the_flow_runs_again(home,
     assert given.returncode == 0 and "gate passed" in given.stdout, given.stdout
     approve = _longmix(home, "approve", "longmix/2", "--reviewer", "alice")
     assert approve.returncode == 0, approve.stdout
-    again = _longmix(home, "run", "--profile", "tiny", "--train-steps", "sft=3", "--no-deploy",
-                     "--wait", "--policy", str(policy), LONGMIX_APPROVAL_TIMEOUT_S="30")
+    again = _run_v2(home, "--wait", "--policy", str(policy), LONGMIX_APPROVAL_TIMEOUT_S="30")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "overridden: niah by alice" in again.stdout
     events = [json.loads(p.read_text())["event"] for p in sorted((home / "audit").glob("*.json"))]

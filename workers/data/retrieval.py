@@ -177,11 +177,12 @@ def drill(rng: np.random.Generator) -> tuple[str, dict[str, str]]:
     found by its key alone, the lookup in its densest form. The text, and its meta (the values in
     recall order, the facts)."""
     facts = draw_facts(rng, int(rng.integers(DRILL_FACTS[0], DRILL_FACTS[1] + 1)))
-    recalled = [facts[int(i)] for i in rng.permutation(len(facts))]
-    listed, again = (" ".join(f"{f.key}: {f.value}." for f in fs) for fs in (facts, recalled))
-    return f"{listed}\nRecall: {again}", {
-        "answer": ", ".join(f.value for f in recalled),
-        "facts": json.dumps([f"{f.key}: {f.value}." for f in facts])}
+    stated = [f"{f.key}: {f.value}." for f in facts]
+    order = rng.permutation(len(facts))
+    again = " ".join(stated[int(i)] for i in order)
+    return f"{' '.join(stated)}\nRecall: {again}", {
+        "answer": ", ".join(facts[int(i)].value for i in order),
+        "facts": json.dumps(stated)}
 
 
 def qa_text(question: str, answer: str) -> str:

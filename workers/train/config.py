@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from model.config import ConfigError, ModelConfig, get_preset
 
+# what pretraining (max_seq_len) and long_context (the RoPE scaling) change in a preset's model
+CONTEXT_FIELDS = ("max_seq_len", "rope_original_max_seq_len", "rope_scaling", "rope_factor")
+
 Stage = Literal["pretrain", "long_context", "sft"]
 
 
@@ -137,7 +140,9 @@ def plan_stage(cfg: TrainConfig) -> Plan:
             raise TrainConfigError("dataset: tokenized with a different tokenizer than the init_from "
                                    "checkpoint's; build it with tokenizer.path set to the checkpoint's "
                                    "tokenizer.json")
-        if cfg.preset and model != get_preset(cfg.preset).replace(max_seq_len=model.max_seq_len):
+        # the preset fixes the architecture; the context fields are what earlier stages set
+        context = {f: getattr(model, f) for f in CONTEXT_FIELDS}
+        if cfg.preset and model != get_preset(cfg.preset).replace(**context):
             raise TrainConfigError(f"preset={cfg.preset} differs from the init_from checkpoint's model")
     else:
         try:

@@ -25,10 +25,17 @@ class Batch:
         return self.rows.tokens[:, 1:].numel()
 
 
-def split_dataset(manifest: dict, split: str, sft: bool = False):
-    """A Ray Data dataset of one split's rows, in shard order; for sft, only rows with an
-    assistant turn (the others would contribute no loss)."""
+def split_dataset(manifest: dict, split: str, sft: bool = False, shuffle_seed: int | None = None):
+    """A Ray Data dataset of one split's rows: in shard order, or with `shuffle_seed` in one seeded
+    permutation of all of them (the same at every execution, so a resumed run reads what the
+    interrupted one would have); for sft, only rows with an assistant turn (the others would
+    contribute no loss).
+
+    The shards hold the corpus in its build order, a source or a synthetic task after another:
+    read in that order, training would see one kind of document for thousands of steps at a
+    time (text first, copy documents last), not the mix the spec sets."""
     import ray
+    from ray.data import RandomSeedConfig
 
     root = dataset_root(manifest)
     shards = [join(root, s["path"]) for s in manifest["splits"][split]["shards"]]
@@ -38,6 +45,8 @@ def split_dataset(manifest: dict, split: str, sft: bool = False):
     ds = ray.data.read_parquet([resolve(s)[1] for s in shards], filesystem=fs)
     if sft:
         ds = ds.filter(lambda row: ASSISTANT_ID in row["tokens"])
+    if shuffle_seed is not None:
+        ds = ds.random_shuffle(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=False))
     return ds
 
 

@@ -14,8 +14,10 @@ from mlflow.tracking import MlflowClient
 
 from infra.settings import Settings
 from workers.data.build import build_dataset
+from workers.data.manifest import read_manifest
 from workers.data.spec import parse_spec
 from workers.train.config import TrainConfigError, parse_train_config, plan_stage
+from workers.train.data import split_dataset
 from workers.train.trainer import train
 
 
@@ -98,6 +100,23 @@ def _kill_a_worker_once_past(settings, step: int, killed: list) -> threading.Thr
     return thread
 
 
+def test_training_reads_the_rows_in_one_seeded_permutation(dataset):
+    manifest = read_manifest(str(dataset))
+
+    def rows(seed):
+        return [tuple(r["tokens"][:16]) for r in
+                split_dataset(manifest, "train", shuffle_seed=seed).take_all()]
+
+    in_build_order, shuffled = rows(None), rows(0)
+    assert sorted(shuffled) == sorted(in_build_order)  # every row, once
+    assert shuffled != in_build_order
+    assert rows(0) == shuffled  # the same order at every execution: resumes read the same rows
+    assert rows(1) != shuffled
+    # the chat examples, packed after the text, are spread through the permutation
+    chat = [i for i, r in enumerate(shuffled) if r in set(in_build_order[-3:])]
+    assert chat and min(chat) < len(shuffled) - 3
+
+
 def test_a_killed_worker_resumes_exactly_from_its_last_checkpoint(dataset, settings, tmp_path):
     common = {"workers": 1, "steps": 40, "checkpoint_every": 10, "eval_every": 100,
               "registered_model": None, "max_failures": 2}
@@ -139,6 +158,10 @@ def test_stages_chain_pretrain_long_context_sft(dataset, settings, tmp_path):
     config = json.loads((long.checkpoint / "config.json").read_text())
     assert (config["rope_scaling"], config["rope_factor"], config["max_seq_len"]) == ("yarn", 8.0, 1024)
     assert config["rope_original_max_seq_len"] == 128  # the context pretraining ran at
+    # a preset names the architecture; the context the earlier stages set is not part of it
+    plan_stage(_config(dataset, stage="sft", init_from=str(long.checkpoint), preset="tiny"))
+    with pytest.raises(TrainConfigError, match="preset=small differs"):
+        plan_stage(_config(dataset, stage="sft", init_from=str(long.checkpoint), preset="small"))
     sft = train(_config(dataset, stage="sft", init_from=str(long.checkpoint), steps=2, workers=1,
                         batch_size=1, checkpoint_every=2, eval_every=2, registered_model="chain"),
                 settings)
