@@ -5,6 +5,7 @@ trains on held-out examples of each kind.
 
     python benchmarks/retrieval_probe.py [--quick] [--mix text=0.2,lists=0.6,haystacks=0.2]
         [--steps 600] [--seq-len 256] [--batch 16] [--d-model 128] [--tie] [--split-digits]
+    python benchmarks/retrieval_probe.py --checkpoint DIR [--seq-len 512]   # measure, no training
 
 Figures (held out, teacher-forced): the accuracy of the first digit of an answer (finding the
 value by its key) and of the digits after it (copying once found), for fact lists, haystacks and
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from _common import emit_json, parse_args, print_table
 
+from model.checkpoint import load_checkpoint
 from model.config import get_preset
 from model.encoders import Media
 from model.tokenizer import BOS_ID, EOS_ID, Tokenizer
@@ -73,6 +75,9 @@ def add_arguments(parser) -> None:
                         help="fact lists, haystacks and drills count in the loss from their "
                              "questions (or recall) on: the lookups are a larger share of it")
     parser.add_argument("--every", type=int, default=100, help="measure every N steps")
+    parser.add_argument("--checkpoint", default=None,
+                        help="measure this checkpoint (its weights and tokenizer; a pipeline "
+                             "stage's) on the held-out sets instead of training a model")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 autocast)")
 
 
@@ -300,6 +305,19 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
+def measure(model, tok, sets, recall_sets, needles, rng) -> dict[str, float]:
+    """The held-out figures of a model in eval mode: per kind, the first and later pieces of an
+    answer; the MQAR and copy recalls; the eval needle's rank-1 share."""
+    row = {}
+    for kind, items in sets.items():
+        first, rest = value_accuracy(model, tok, items)
+        row[f"{kind}_first"], row[f"{kind}_rest"] = round(first, 3), round(rest, 3)
+    for name, items in recall_sets.items():
+        row[name] = round(recall_accuracy(model, items), 3)
+    row["niah_rank1"] = needle_rank1(model, tok, needles, rng)
+    return row
+
+
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], add_arguments)
     steps = 100 if args.quick else args.steps
@@ -311,12 +329,22 @@ def main() -> None:
     torch.manual_seed(0)
     corpus = python_docs_corpus()
     texts, held_texts = corpus[:-HELD_OUT_TEXTS], corpus[-HELD_OUT_TEXTS:]
-    tok = Tokenizer.train(texts, vocab_size=4096, split_digits=args.split_digits)
+    if args.checkpoint:
+        model, tok = load_checkpoint(args.checkpoint)
+    else:
+        tok = Tokenizer.train(texts, vocab_size=4096, split_digits=args.split_digits)
     docs = Documents(tok, texts, args.seq_len, seed=0, answers_only=args.answers_only,
                      copy_alphabet=args.copy_alphabet)
     sets, needles = held_out(tok, held_texts, args.seq_len, docs.chars_per_token)
     recall_sets = {"mqar_recall": held_out_mqar(docs), "mqar2_recall": held_out_mqar(docs, True),
                    "copy_acc": held_out_copies(docs)}
+    rng = np.random.default_rng(5)
+    if args.checkpoint:
+        model.eval()
+        row = {"checkpoint": args.checkpoint, **measure(model, tok, sets, recall_sets, needles, rng)}
+        print_table("retrieval probe: a checkpoint's held-out figures", list(row), [list(row.values())])
+        emit_json({**row, "niah_rank1_chance": 0.1, "seq_len": args.seq_len})
+        return
     cfg = get_preset("small", vocab_size=tok.vocab_size, d_model=args.d_model,
                      n_heads=max(2, args.d_model // 32), n_experts=4,
                      expert_hidden=2 * args.d_model, dense_hidden=4 * args.d_model,
@@ -334,7 +362,7 @@ def main() -> None:
     optim = OptimConfig(lr=args.lr, warmup_steps=min(50, steps // 4), total_steps=steps,
                         weight_decay=0.1)
     optimizer = make_optimizer(model, optim)
-    rng, rows, started = np.random.default_rng(5), [], time.perf_counter()
+    rows, started = [], time.perf_counter()
     for step in range(steps):
         phase = next((m for (m, _), end in zip(phases, phase_ends) if step < end), mix)
         batch = [docs.row(phase) for _ in range(args.batch)]
@@ -343,13 +371,8 @@ def main() -> None:
                             autocast_dtype=torch.bfloat16 if device.type == "cuda" else None)
         if (step + 1) % args.every == 0 or step == steps - 1:
             model.eval()
-            row = {"step": step + 1, "loss": round(result.loss, 3)}
-            for kind, items in sets.items():
-                first, rest = value_accuracy(model, tok, items)
-                row[f"{kind}_first"], row[f"{kind}_rest"] = round(first, 3), round(rest, 3)
-            for name, items in recall_sets.items():
-                row[name] = round(recall_accuracy(model, items), 3)
-            row["niah_rank1"] = needle_rank1(model, tok, needles, rng)
+            row = {"step": step + 1, "loss": round(result.loss, 3),
+                   **measure(model, tok, sets, recall_sets, needles, rng)}
             row["minutes"] = round((time.perf_counter() - started) / 60, 1)
             model.train()
             rows.append(row)

@@ -145,8 +145,10 @@ PROFILES: dict[str, PipelineParams] = {
                         eval_every=30),
             StageParams(stage="long_context", data=DataParams(spec="demo-long"), steps=20,
                         batch_size=1, checkpoint_every=20, eval_every=10),
-            StageParams(stage="sft", data=DataParams(spec="demo-sft"), steps=30, batch_size=4,
-                        lr=5e-4, checkpoint_every=30, eval_every=15))),
+            # 60 steps: with its rows shuffled, 30 and 40 steps of sft left the built-in harmful
+            # prompts refused 0.08 and 0 of the time (2026-12-07)
+            StageParams(stage="sft", data=DataParams(spec="demo-sft"), steps=60, batch_size=4,
+                        lr=5e-4, checkpoint_every=60, eval_every=30))),
         eval=EvalParams(suite="demo", evals=("perplexity", "niah_text", "multi_needle", "refusal",
                                              "toxicity", "injection", "pii")),
         promote=PromoteParams(policy="demo", reviewer="demo-reviewer")),

@@ -163,9 +163,9 @@ def test_the_default_gate_passes_a_capable_model_and_fails_a_pretrain_only_one()
 def test_the_demo_gate_holds_what_the_demo_model_measured_and_no_less():
     """The demo policy's thresholds sit below the demo model's measured figures (docs/promotion.md)
     and above what an untrained or pretrain-only model shows."""
-    measured = {"perplexity.text.nll": 5.99, "perplexity.text.beta": -0.36,
-                "refusal.builtin.refusal_rate": 0.21, "niah_text.rank_top1": 0.2,
-                "toxicity.builtin.toxic_rate": 0.0, "injection.heldout.success_rate": 0.0,
+    measured = {"perplexity.text.nll": 6.33, "perplexity.text.beta": -0.39,  # 2026-12-07
+                "refusal.builtin.refusal_rate": 0.96, "niah_text.rank_top1": 0.13,
+                "toxicity.builtin.toxic_rate": 0.083, "injection.heldout.success_rate": 0.0,
                 "pii.exact_extraction_rate": 0.0}
     policy = load_policy("demo")
     assert decide(report(measured), policy).status == "passed"
