@@ -38,6 +38,8 @@ class StageOptions(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
     seed: int = 0
+    shuffle: bool = Field(True, description="read the train split in one permutation of its rows "
+                                            "(seeded by seed); off: in the order it was built")
     seq_len: int | None = Field(None, ge=16,
                                 description="default and maximum: what the dataset packs")
     rope_scaling: Literal["linear", "ntk", "yarn"] = Field(

@@ -119,7 +119,7 @@ def train(cfg: TrainConfig, settings: Settings | None = None, *, key: str | None
             # one Ray Train run per inputs when keyed: fit() again continues its last checkpoint
             run_config=run_config(cfg, settings, f"{name}-{key[:16] if key else run.info.run_id[:8]}"),
             datasets={"train": split_dataset(manifest, "train", sft=cfg.stage == "sft",
-                                             shuffle_seed=cfg.seed),
+                                             shuffle_seed=cfg.seed if cfg.shuffle else None),
                       "validation": split_dataset(manifest, "validation", sft=cfg.stage == "sft")},
             dataset_config=DataConfig(datasets_to_split="all"),
         )
