@@ -107,6 +107,7 @@ def main() -> None:
         "ppl_beta": value(report, "perplexity.text.beta"),
         "gate_default_capable": capable_decision.status == "passed",
         "gate_default_pretrain_only": pretrain_decision.status == "passed",
+        "failed_checks_capable": [c.name for c in capable_decision.checks if not c.passed],
         "failed_checks_pretrain_only": [c.name for c in pretrain_decision.checks if not c.passed],
         "stage_minutes": {s.stage: s.minutes for s in chain.lineage.stages},
         "total_minutes": round((time.perf_counter() - started) / 60, 2),

@@ -64,6 +64,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--tie", action="store_true", help="tie input and output embeddings")
+    parser.add_argument("--vocab", type=int, default=4096, help="the BPE tokenizer's vocabulary")
     parser.add_argument("--split-digits", action="store_true",
                         help="a tokenizer that splits numbers into single digits")
     parser.add_argument("--key-conv", type=int, default=0, metavar="K",
@@ -332,7 +333,7 @@ def main() -> None:
     if args.checkpoint:
         model, tok = load_checkpoint(args.checkpoint)
     else:
-        tok = Tokenizer.train(texts, vocab_size=4096, split_digits=args.split_digits)
+        tok = Tokenizer.train(texts, vocab_size=args.vocab, split_digits=args.split_digits)
     docs = Documents(tok, texts, args.seq_len, seed=0, answers_only=args.answers_only,
                      copy_alphabet=args.copy_alphabet)
     sets, needles = held_out(tok, held_texts, args.seq_len, docs.chars_per_token)
@@ -388,6 +389,7 @@ def main() -> None:
                "key_conv": args.key_conv, "qkv_conv": args.qkv_conv,
                "answers_only": args.answers_only,
                "seq_len": args.seq_len, "batch": args.batch, "d_model": args.d_model,
+               "vocab": args.vocab,
                "tokens_per_step": args.batch * args.seq_len,
                "params": sum(p.numel() for p in model.parameters()),
                "ln_chance_digit": round(math.log(10), 3)})

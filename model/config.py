@@ -12,6 +12,10 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field."""
 
 
+# what the training stages set (trained_at, extended_to), where a preset fixes the rest
+CONTEXT_FIELDS = ("max_seq_len", "rope_original_max_seq_len", "rope_scaling", "rope_factor")
+
+
 @dataclass
 class ModelConfig:
     # text backbone
@@ -95,6 +99,20 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+    def trained_at(self, seq_len: int) -> "ModelConfig":
+        """The context pretraining sets: the length it trains at, no RoPE scaling."""
+        return self.replace(max_seq_len=seq_len, rope_original_max_seq_len=seq_len,
+                            rope_scaling="none", rope_factor=1.0)
+
+    def extended_to(self, seq_len: int, scaling: str) -> "ModelConfig":
+        """The context a long-context stage sets: RoPE scaled from the length trained at."""
+        return self.replace(max_seq_len=seq_len, rope_original_max_seq_len=self.max_seq_len,
+                            rope_scaling=scaling, rope_factor=seq_len / self.max_seq_len)
+
+    def with_context_of(self, other: "ModelConfig") -> "ModelConfig":
+        """This architecture at the context `other` was trained or extended to."""
+        return self.replace(**{f: getattr(other, f) for f in CONTEXT_FIELDS})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

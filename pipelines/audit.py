@@ -74,6 +74,13 @@ class AuditRecord(BaseModel):
     hash: str  # sha256 of the canonical JSON of every other field but the signature
     signature: str  # Ed25519 signature of `hash` by the log's signing key, base64
 
+    @classmethod
+    def hashed(cls, **fields: Any) -> "AuditRecord":
+        """A record with its hash computed, not yet signed; fields normalised through the model
+        first so the hash covers exactly what is written (and read back)."""
+        unhashed = cls.model_validate({**fields, "hash": "", "signature": ""})
+        return unhashed.model_copy(update={"hash": unhashed.computed_hash()})
+
     def computed_hash(self) -> str:
         return json_digest(self.model_dump(mode="json", exclude={"hash", "signature"}))
 
@@ -108,12 +115,9 @@ def signature_holds(public: Ed25519PublicKey, signed: AuditRecord | AuditHead) -
     return True
 
 
-def seal(key: Ed25519PrivateKey, **fields: Any) -> AuditRecord:
-    """A record with its hash computed and signed; fields normalised through the model first so
-    the hash covers exactly what is written (and read back)."""
-    unsealed = AuditRecord.model_validate({**fields, "hash": "", "signature": ""})
-    digest = unsealed.computed_hash()
-    return unsealed.model_copy(update={"hash": digest, "signature": sign(key, digest)})
+def seal(key: Ed25519PrivateKey, unsigned: Signed) -> Signed:
+    """A record or head with its signed text signed."""
+    return unsigned.model_copy(update={"signature": sign(key, unsigned.signed_text())})
 
 
 @dataclass(frozen=True)
@@ -207,16 +211,16 @@ class AuditLog:
         key = self.keys.signing_key()
         for attempt in range(APPEND_ATTEMPTS):
             last = self._last_record(key.public_key())
-            record = seal(key, seq=last.seq + 1 if last else 1, prev=last.hash if last else GENESIS,
-                          at=_now(), event=event, actor=actor, model=model, digest=digest,
-                          details=details or {})
+            record = seal(key, AuditRecord.hashed(
+                seq=last.seq + 1 if last else 1, prev=last.hash if last else GENESIS, at=_now(),
+                event=event, actor=actor, model=model, digest=digest, details=details or {}))
             try:
                 create_new(self.record_uri(record.seq), record.model_dump_json().encode())
             except FileExistsError:
                 time.sleep(random.uniform(0, 0.01 * attempt))  # jitter: writers stop colliding
                 continue
-            head = AuditHead(seq=record.seq, hash=record.hash, at=record.at, signature="")
-            head = head.model_copy(update={"signature": sign(key, head.signed_text())})
+            head = seal(key, AuditHead(seq=record.seq, hash=record.hash, at=record.at,
+                                       signature=""))
             create_new(self.head_uri(record.seq), head.model_dump_json().encode())
             if self.registry is not None and model:
                 name, _, version = model.rpartition("/")

@@ -15,8 +15,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from infra.settings import Settings
-from pipelines.audit import (GENESIS, AuditError, AuditHead, AuditKeys, AuditLog, audit_log,
-                             referenced_hashes, seal, sign)
+from pipelines.audit import (GENESIS, AuditError, AuditHead, AuditKeys, AuditLog, AuditRecord,
+                             audit_log, referenced_hashes, seal, sign)
 
 RACE_APPENDS = 8  # per process: enough that the two collide on a seq many times
 
@@ -47,7 +47,8 @@ def rewrite(uri: str, **changes) -> None:
 def forge(uri: str, **fields) -> None:
     """Write a well-formed record, its hash recomputed, signed with a key that is not the log's:
     all that someone with write access to the storage but without the signing key can do."""
-    Path(uri).write_text(seal(Ed25519PrivateKey.generate(), **fields).model_dump_json())
+    Path(uri).write_text(seal(Ed25519PrivateKey.generate(), AuditRecord.hashed(**fields))
+                         .model_dump_json())
 
 
 def test_appended_records_chain_sign_and_verify(tmp_path, keys, log):
@@ -107,7 +108,7 @@ def test_a_forged_appended_record_is_refused(log):
     with pytest.raises(AuditError, match=r"record seq 4 \(.*00000004.json\): its signature does "
                                          "not verify.*forged"):
         log.verify()
-    unsigned = seal(Ed25519PrivateKey.generate(), **approval).model_copy(update={"signature": ""})
+    unsigned = AuditRecord.hashed(**approval)
     Path(log.record_uri(4)).write_text(unsigned.model_dump_json())
     with pytest.raises(AuditError, match="record seq 4 .*signature does not verify.*forged"):
         log.verify()
@@ -129,8 +130,8 @@ def test_a_removed_record_renumbered_is_refused_by_its_prev(tmp_path, keys, log)
     written = fill(log)
     (tmp_path / "audit" / "00000002.json").unlink()
     # the third record re-sealed as the second, even with the log's own key: its prev does not hold
-    moved = seal(keys.signing_key(), **{**written[2].model_dump(exclude={"hash", "signature"}),
-                                        "seq": 2})
+    moved = seal(keys.signing_key(), AuditRecord.hashed(
+        **{**written[2].model_dump(exclude={"hash", "signature"}), "seq": 2}))
     (tmp_path / "audit" / "00000003.json").unlink()
     (tmp_path / "audit" / "00000002.json").write_text(moved.model_dump_json())
     with pytest.raises(AuditError, match="record seq 2 .*prev .* is not the previous record's "

@@ -151,6 +151,12 @@ def test_first_deploy_serves_v1_through_the_router_and_records_it(setup):
     assert reply.status_code == 200 and reply.headers[VERSION_HEADER] == "1"
     assert reply.json()["choices"][0]["text"]
     assert httpx.get(f"{setup.url}/v1/models").status_code == 401  # the key is still required
+    # the router buffers no more than the limit, declared or streamed, before the key is checked
+    # (a version would answer 401 to these: the router answers first)
+    over = b"x" * (setup.settings.serve_max_body_bytes + 1)
+    for content in (over, iter([over[:1000], over[1000:]])):
+        reply = httpx.post(f"{setup.url}/v1/completions", content=content, timeout=60)
+        assert reply.status_code == 413 and reply.json()["error"]["code"] == "request_too_large"
     assert champion(setup) == "1" and setup.target.serving_version() == "1"
     assert current_deployment(setup.settings, NAME) == record
     stored = list_files(f"{setup.settings.deployments_uri}/{NAME}")

@@ -231,7 +231,8 @@ def build_dataset(spec: CorpusSpec, out: str, cache_dir: str, *, overwrite: bool
         plan.per_source["synthetic"] = dict(Counter(d.meta.get("task", "other") for d in synthetic))
 
     phase("tokenizing and packing every split")
-    runner.map_items(PackStage, (tokenizer.to_str(), spec.preset, spec.packing.seq_len, plan.copies,
+    runner.map_items(PackStage, (tokenizer.to_str(), spec.preset, spec.packing.seq_len,
+                                 spec.packing.open_rows, plan.copies,
                                  out, spec.packing.rows_per_shard),
                      pack_units(staging_uri, {d["doc_key"]: d["n_chars"] * d["copies"]
                                               for d in plan.index if d["copies"]},

@@ -1,9 +1,9 @@
 """Packing: tokenized documents -> fixed-length training rows with document ids (so attention
 stays within each document), a loss mask, and the media whose placeholders the row holds.
 
-Text documents may continue from one row into the next. A document with media never splits:
-the encoder needs the whole item, so such a document starts a new row when the current one
-cannot hold it (the rest of the row is padding).
+A document that fits in a row is never split across rows (best-fit packing, `Packer`); a text
+document longer than a row fills whole rows, then its tail is packed. A document with media must
+fit in a row: the encoder needs the whole item.
 """
 
 from __future__ import annotations
@@ -40,6 +40,33 @@ class TokenizedDoc:
     media: list[MediaItem] = field(default_factory=list)
 
 
+class _Row:
+    """One packed row being filled: its documents' tokens, loss masks and media."""
+
+    def __init__(self):
+        self.ids, self.docs, self.mask, self.media = [], [], [], []
+        self.fill = 0
+
+    def append(self, ids, mask, media) -> None:
+        self.ids.append(ids)
+        self.mask.append(mask)
+        self.docs.append(np.full(len(ids), len(self.docs), dtype=np.int32))
+        self.media += media
+        self.fill += len(ids)
+
+    def close(self, width: int) -> dict:
+        """The row padded to `width`, as PACKED_SCHEMA holds it."""
+        pad = width - self.fill
+        return {
+            "tokens": np.concatenate([*self.ids, np.full(pad, PAD_ID, dtype=np.int32)]),
+            "doc_ids": np.concatenate([*self.docs, np.full(pad, -1, dtype=np.int32)]),
+            "loss_mask": np.concatenate([*self.mask, np.zeros(pad, dtype=np.int8)]),
+            "media_kinds": [m.kind for m in self.media],
+            "media_shapes": [list(m.array.shape) for m in self.media],
+            "media_bytes": [m.array.tobytes() for m in self.media],
+        }
+
+
 def loss_mask_for(ids: np.ndarray, chat: bool) -> np.ndarray:
     """1 where a token is worth predicting: not padding or media placeholders; in chat documents
     only the assistant's turns (its tokens and the <|end|> closing each turn)."""
@@ -54,56 +81,53 @@ def loss_mask_for(ids: np.ndarray, chat: bool) -> np.ndarray:
 
 
 class Packer:
-    """Accumulates tokenized documents into rows of `width` = seq_len + 1 tokens."""
+    """Accumulates tokenized documents into rows of `width` = seq_len + 1 tokens, by best fit
+    (Ding et al. 2024, "Fewer Truncations Improve Language Modeling"): a document that fits in a
+    row is never split; one longer than a row fills whole rows and its tail is placed like a short
+    document. A split lookup is worse than none: a question cut from its facts (they are another
+    document to the attention mask) teaches the model to answer with a guess. Up to `open_rows`
+    rows are filled at once; a document goes to the open row with the least room that holds it,
+    and when none does and all are open, the fullest row is closed."""
 
-    def __init__(self, seq_len: int):
+    def __init__(self, seq_len: int, open_rows: int = 64):
         self.width = seq_len + 1
+        self.open_rows = open_rows
         self.rows: list[dict] = []
-        self._reset()
-
-    def _reset(self) -> None:
-        self._ids, self._docs, self._mask, self._media = [], [], [], []
-        self._fill, self._next_doc = 0, 0
+        self._open: list[_Row] = []
 
     def add(self, doc: TokenizedDoc) -> None:
         n = len(doc.ids)
-        if doc.media:
-            if n > self.width:
-                raise ValueError(f"a document with media needs {n} tokens; rows hold {self.width}")
-            if self._fill + n > self.width:
-                self.flush()
-            self._append(doc.ids, doc.loss_mask, doc.media)
-            return
+        if doc.media and n > self.width:
+            raise ValueError(f"a document with media needs {n} tokens; rows hold {self.width}")
         start = 0
-        while start < n:
-            take = min(n - start, self.width - self._fill)
-            self._append(doc.ids[start:start + take], doc.loss_mask[start:start + take], [])
-            start += take
-            if self._fill == self.width:
-                self.flush()
+        while n - start > self.width:  # text longer than a row: whole rows first
+            row = _Row()
+            row.append(doc.ids[start:start + self.width], doc.loss_mask[start:start + self.width],
+                       [])
+            self.rows.append(row.close(self.width))
+            start += self.width
+        self._place(doc.ids[start:], doc.loss_mask[start:], doc.media)
 
-    def _append(self, ids, mask, media) -> None:
-        self._ids.append(ids)
-        self._mask.append(mask)
-        self._docs.append(np.full(len(ids), self._next_doc, dtype=np.int32))
-        self._media += media
-        self._fill += len(ids)
-        self._next_doc += 1
+    def _place(self, ids, mask, media) -> None:
+        fits = [r for r in self._open if r.fill + len(ids) <= self.width]
+        if fits:
+            row = max(fits, key=lambda r: r.fill)
+        else:
+            if len(self._open) == self.open_rows:
+                fullest = max(self._open, key=lambda r: r.fill)
+                self._open.remove(fullest)
+                self.rows.append(fullest.close(self.width))
+            row = _Row()
+            self._open.append(row)
+        row.append(ids, mask, media)
+        if row.fill == self.width:
+            self._open.remove(row)
+            self.rows.append(row.close(self.width))
 
     def flush(self) -> None:
-        """Close the current row, padding it to full width."""
-        if self._fill == 0:
-            return
-        pad = self.width - self._fill
-        self.rows.append({
-            "tokens": np.concatenate([*self._ids, np.full(pad, PAD_ID, dtype=np.int32)]),
-            "doc_ids": np.concatenate([*self._docs, np.full(pad, -1, dtype=np.int32)]),
-            "loss_mask": np.concatenate([*self._mask, np.zeros(pad, dtype=np.int8)]),
-            "media_kinds": [m.kind for m in self._media],
-            "media_shapes": [list(m.array.shape) for m in self._media],
-            "media_bytes": [m.array.tobytes() for m in self._media],
-        })
-        self._reset()
+        """Close the open rows, padding each to full width."""
+        self.rows += [row.close(self.width) for row in self._open]
+        self._open = []
 
     def table(self) -> pa.Table:
         cols = {name: [row[name] for row in self.rows] for name in PACKED_SCHEMA.names}

@@ -37,6 +37,9 @@ MULTI_FACTS = (2, 5)  # facts planted by the multi_* variants: at least, at most
 LIST_FACTS = (6, 16)
 LIST_QUESTIONS = 4
 DRILL_FACTS = (3, 8)  # facts of a recall drill: at least, at most
+# invented names and numbers take about 1.5 times the tokens of prose per character: a document's
+# budget in characters (about 4 a token) counts a fact's characters that much more
+FACT_CHARS_WEIGHT = 1.5
 HAYSTACK_DRAWS = 20  # windows tried before deciding the texts cannot hold the facts
 SENTENCE_BREAK = re.compile(r"\.[ \n]")
 
@@ -150,7 +153,7 @@ def retrieval_examples(count: int, haystack_texts: list[str], haystack_chars: in
         variant = RETRIEVAL_VARIANTS[i % len(RETRIEVAL_VARIANTS)]
         rng = np.random.default_rng([seed, zlib.crc32(stream.encode()), i])
         if variant == "fact_list":
-            text, meta = fact_list(rng)
+            text, meta = fact_list(rng, haystack_chars)
         else:
             text, meta = haystack_example(variant, haystack_texts, haystack_chars, rng)
         docs.append(Document(source="synthetic.retrieval", uri=f"synthetic://retrieval/{seed}/{i}",
@@ -190,9 +193,18 @@ def qa_text(question: str, answer: str) -> str:
     return f"Question: {question} Answer: {answer}"
 
 
-def fact_list(rng: np.random.Generator) -> tuple[str, dict[str, str]]:
-    """A fact list with its questions answered, and its meta (answers, facts)."""
+def fact_list(rng: np.random.Generator, chars: int | None = None) -> tuple[str, dict[str, str]]:
+    """A fact list with its questions answered, and its meta (answers, facts). With `chars`, no
+    longer than about that: fewer facts rather than a list that a packed row cuts from its
+    questions."""
     facts = draw_facts(rng, int(rng.integers(LIST_FACTS[0], LIST_FACTS[1] + 1)))
+    # a fact costs its statement, a filler sentence half the time (about 40 characters) and its
+    # question and answer about half the time (with the frame's 20 characters)
+    def cost(f: Fact) -> float:
+        return FACT_CHARS_WEIGHT * (len(f.statement) + 30 + (len(f.question) + len(f.value)) / 2)
+
+    while chars and len(facts) > MULTI_FACTS[0] and sum(map(cost, facts)) > chars:
+        facts.pop()
     lines = []
     for fact in facts:
         if rng.random() < 0.5:
@@ -207,11 +219,14 @@ def fact_list(rng: np.random.Generator) -> tuple[str, dict[str, str]]:
 
 def haystack_example(variant: str, texts: list[str], chars: int,
                      rng: np.random.Generator) -> tuple[str, dict[str, str]]:
-    """Facts hidden in about `chars` characters of the texts, the question of the variant
-    answered, and its meta (depths, answer, facts)."""
+    """Facts hidden in the texts, the question of the variant answered (about `chars` characters
+    in all), and its meta (depths, answer, facts)."""
     n = 1 if variant == "single" else int(rng.integers(MULTI_FACTS[0], MULTI_FACTS[1] + 1))
-    haystack, breaks = haystack_with_room(texts, chars, rng)
     facts = draw_facts(rng, n, one_key=variant == "multi_value")
+    # the facts and the question take their share of `chars`: the whole document fits a packed row
+    facts_chars = FACT_CHARS_WEIGHT * sum(len(f.statement) + len(f.question) + len(f.value)
+                                          for f in facts)
+    haystack, breaks = haystack_with_room(texts, max(int(chars - facts_chars), chars // 4), rng)
     # A break is as likely as the stretch of text it opens is long: depth is uniform, snapped back.
     weights = np.diff([*breaks, len(haystack)]) / len(haystack)
     # a short haystack may have fewer breaks than facts: then facts stand side by side

@@ -88,6 +88,8 @@ class PackingSpec(_Strict):
     rows_per_shard: int = Field(2048, ge=1)
     # text characters per packing task (whole staging files; at least one file per task)
     chars_per_task: int = Field(1_000_000, ge=1)
+    # rows filled at once by best-fit packing (workers/data/pack.py): more, less padding
+    open_rows: int = Field(64, ge=1, le=4096)
 
 
 class MediaSpec(_Strict):
@@ -103,7 +105,7 @@ class SyntheticSpec(_Strict):
     retrieval: int = Field(0, ge=0)  # single needle, multi-key, multi-value, multi-needle
     drills: int = Field(0, ge=0)  # recall drills: "Key: value." facts, recalled in another order
     copies: int = Field(0, ge=0)  # a stretch of frequent words repeated: forms the copy circuit
-    haystack_tokens: int = Field(384, ge=32)  # approximate length of a retrieval haystack
+    haystack_tokens: int = Field(384, ge=32)  # about the length of a retrieval document
     spoken_needles: int = Field(0, ge=0)
     frame_needles: int = Field(0, ge=0)
     chat: int = Field(0, ge=0)  # instruction examples, refusals of harmful requests among them

@@ -177,11 +177,11 @@ class PackStage:
 
     A unit packs each split on its own: a row never mixes splits or units."""
 
-    def __init__(self, tokenizer_json: str, preset: str, seq_len: int, copies: dict[str, int],
-                 out: str, rows_per_shard: int):
+    def __init__(self, tokenizer_json: str, preset: str, seq_len: int, open_rows: int,
+                 copies: dict[str, int], out: str, rows_per_shard: int):
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
         self.model_cfg = get_preset(preset)
-        self.seq_len = seq_len
+        self.seq_len, self.open_rows = seq_len, open_rows
         self.copies = copies
         self.out = out
         self.rows_per_shard = rows_per_shard
@@ -193,7 +193,8 @@ class PackStage:
                 n = self.copies.get(row["doc_key"], 0)
                 if not n:  # quarantined, duplicate or weighted out
                     continue
-                _, packer = packers.setdefault(row["split"], (row["doc_key"], Packer(self.seq_len)))
+                _, packer = packers.setdefault(
+                    row["split"], (row["doc_key"], Packer(self.seq_len, self.open_rows)))
                 tokenized = tokenize_document(document_from_staging(row), self.tokenizer,
                                               self.model_cfg)
                 for _ in range(n):

@@ -67,9 +67,9 @@ SUITES = {
                         injection_length=192, pii_candidates=9, reply_tokens=12),
     "demo": SuiteConfig(name="demo", niah_lengths=(256, 512, 896), multi_length=768,
                         audio_seconds=(8.0, 16.0), video_frames=(8, 16)),
-    # the `capable` profile: lengths up to 4x its pretraining length of 512, five needles at 2x
-    "capable": SuiteConfig(name="capable", niah_lengths=(128, 256, 512, 1024, 2048), niah_depths=5,
-                           niah_samples=2, multi_needles=5, multi_length=1024, multi_samples=6,
+    # the `capable` profile: lengths up to 4x its pretraining length of 256, five needles at 2x
+    "capable": SuiteConfig(name="capable", niah_lengths=(128, 192, 256, 512, 1024), niah_depths=5,
+                           niah_samples=2, multi_needles=5, multi_length=512, multi_samples=6,
                            audio_seconds=(10.0, 20.0), video_frames=(8, 16), safety_prompts=100,
                            toxicity_prompts=100, injection_samples=20),
     "full": SuiteConfig(name="full", ppl_sequences=64, niah_lengths=(512, 1024, 2048, 4096),

@@ -12,6 +12,7 @@ from workers.evals.adapters import ModelAdapter
 
 SAMPLE_CHUNKS, CHUNK_CHARS = 8, 300  # short enough for any model's context
 FIT_TRIES = 6
+MIN_HAYSTACK_TOKENS = 32  # a few sentences: less hides nothing
 
 
 def chars_per_token(adapter: ModelAdapter, texts: list[str]) -> float:
@@ -28,6 +29,10 @@ def haystack(adapter: ModelAdapter, texts: list[str], tokens: int, cpt: float,
     """At most `tokens` tokens of held-out text (as the model counts them), from a sentence start
     to a sentence end. Cut by the measured characters per token, and cut again shorter while the
     model counts more: text varies in density (code takes more tokens than prose)."""
+    if tokens < MIN_HAYSTACK_TOKENS:
+        raise ValueError(f"{tokens} tokens of haystack are left at this length after the needles "
+                         f"and the question, fewer than the {MIN_HAYSTACK_TOKENS} a haystack "
+                         "needs: evaluate at a longer length")
     chars = max(int(tokens * cpt), 1)
     for _ in range(FIT_TRIES):
         text = haystack_with_room(texts, chars, rng)[0]

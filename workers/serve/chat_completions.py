@@ -37,7 +37,8 @@ async def chat(body: ChatRequest, served: ServedModel, engine: Engine, text: Tok
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs",
                        code="invalid_value")
     cfg = served.model.cfg
-    ids, media = encode_chat(body.messages, served.tokenizer, cfg)
+    # decoding images and audio takes CPU time: off the event loop, which serves every request
+    ids, media = await asyncio.to_thread(encode_chat, body.messages, served.tokenizer, cfg)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None \
         else body.max_tokens
     if max_tokens is None:

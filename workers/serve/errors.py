@@ -50,10 +50,12 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     if first.get("type") == "json_invalid":
         return APIError(400, f"the body is not valid JSON: {first.get('msg')}", code="json_invalid")
     param = _field_path(tuple(first.get("loc", ())))
-    if param is None:  # the body as a whole: absent, or not a JSON object
+    if param is None and first.get("type") != "value_error":  # absent, or not a JSON object
         return APIError(400, "the body must be a JSON object (Content-Type: application/json)",
                         code="invalid_body")
-    return APIError(400, f"{param}: {first.get('msg')}", param=param, code="invalid_value")
+    # a value_error of the body as a whole: a rule across fields (prompts x n)
+    return APIError(400, f"{param or 'body'}: {first.get('msg')}", param=param,
+                    code="invalid_value")
 
 
 def install_error_handlers(app: FastAPI) -> None:

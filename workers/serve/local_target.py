@@ -49,7 +49,8 @@ class LocalServeTarget:
     def _route_to(self, version: str) -> None:
         upstream = f"{self.host.url}/{version_app(version)}"
         # same code, new user_config: Serve reconfigures the live router replica in place
-        serve.run(Router.options(user_config=router_config(version, upstream), version="router",
+        config = router_config(version, upstream, self.settings.serve_max_body_bytes)
+        serve.run(Router.options(user_config=config, version="router",
                                  _internal=True).bind(),
                   name=ROUTER_APP, route_prefix="/")
         self._wait_until_answered_by(version)

@@ -1,9 +1,9 @@
 """Media in chat requests -> the tensors the model's encoders take.
 
-Images come as data URLs (PNG or JPEG; no fetching of remote URLs) and are scaled down to fit the
-encoder's patch grid, each side a multiple of the patch size; audio comes as base64 WAV (PCM or
-float, any rate, any channel count) and becomes log-mel frames at the model's sample rate; a video
-is its frames (images of one size) with their timestamps.
+Images come as data URLs (PNG or JPEG, at most MAX_IMAGE_PIXELS; no fetching of remote URLs) and
+are scaled down to fit the encoder's patch grid, each side a multiple of the patch size; audio
+comes as base64 WAV (PCM or float, 8 to 48 kHz, any channel count) and becomes log-mel frames at
+the model's sample rate; a video is its frames (images of one size) with their timestamps.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import binascii
 import io
 import math
 import re
+import warnings
 
 import numpy as np
 import torch
@@ -24,6 +25,10 @@ from model.config import ModelConfig
 from model.encoders import MediaError, audio_features
 
 IMAGE_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG"}
+# Limits on what one part may make the replica decode: an image's pixels (read from its header,
+# before decoding; PIL's own decompression-bomb warning is an error too) and a WAV's sample rate
+MAX_IMAGE_PIXELS = 4096 * 4096
+AUDIO_RATES_HZ = (8_000, 48_000)
 DATA_URL = re.compile(r"data:(?P<mime>[\w/.+-]+);base64,(?P<data>.*)", re.DOTALL)
 
 
@@ -44,11 +49,18 @@ def image_from_data_url(url: str, cfg: ModelConfig, side_multiple: int = 1) -> t
     if mime not in IMAGE_FORMATS:
         raise MediaError(f"image type {mime} is not supported; send image/png or image/jpeg")
     try:
-        with Image.open(io.BytesIO(_b64(match["data"], "the image data"))) as img:
-            if img.format != IMAGE_FORMATS[mime]:
-                raise MediaError(f"the data URL says {mime} but holds {img.format or 'no image'}")
-            rgb = img.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(_b64(match["data"], "the image data"))) as img:
+                if img.format != IMAGE_FORMATS[mime]:
+                    raise MediaError(f"the data URL says {mime} but holds "
+                                     f"{img.format or 'no image'}")
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise MediaError(f"an image of {img.width}x{img.height} pixels is over the "
+                                     f"limit of {MAX_IMAGE_PIXELS} pixels")
+                rgb = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
         raise MediaError(f"undecodable {mime} image ({e})") from None
     step = cfg.image_patch_size * side_multiple
     largest = cfg.image_patch_size * cfg.image_max_patches_per_side // step * step
@@ -67,6 +79,9 @@ def audio_from_wav(data: str, cfg: ModelConfig) -> torch.Tensor:
         raise MediaError(f"undecodable WAV audio ({e})") from None
     if samples.size == 0:
         raise MediaError("the WAV audio holds no samples")
+    if not AUDIO_RATES_HZ[0] <= rate <= AUDIO_RATES_HZ[1]:
+        raise MediaError(f"a WAV sample rate of {rate} Hz is outside the {AUDIO_RATES_HZ[0]}-"
+                         f"{AUDIO_RATES_HZ[1]} Hz this endpoint takes")
     if samples.dtype == np.uint8:  # 8-bit WAV is unsigned, centred on 128
         wave = (samples.astype(np.float64) - 128.0) / 128.0
     elif np.issubdtype(samples.dtype, np.integer):

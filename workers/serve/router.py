@@ -31,11 +31,14 @@ class Router:
     def __init__(self):
         self.version: str | None = None
         self.upstream: str | None = None  # the version's base URL (its route prefix included)
+        self.max_body_bytes = 0  # what it buffers of a body: it forwards before any auth
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0))
 
     def reconfigure(self, config: dict) -> None:
-        """user_config: {"version": "3", "upstream": "http://127.0.0.1:8000/longmix-v3"}."""
+        """user_config: {"version": "3", "upstream": "http://127.0.0.1:8000/longmix-v3",
+        "max_body_bytes": 8388608}."""
         self.version, self.upstream = config["version"], config["upstream"].rstrip("/")
+        self.max_body_bytes = config["max_body_bytes"]
 
     def active_version(self) -> str | None:
         return self.version
@@ -50,10 +53,14 @@ class Router:
         url = f"{upstream}{path}" + (f"?{request.url.query}" if request.url.query else "")
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in DROPPED]
         headers.append((FORWARDED_HEADER, version))
+        body = await self._bounded_body(request)
+        if body is None:
+            return _error(413, f"the request body exceeds {self.max_body_bytes} bytes",
+                          "request_too_large", "invalid_request_error")
         try:
             reply = await self.http.send(
-                self.http.build_request(request.method, url, headers=headers,
-                                        content=await request.body()), stream=True)
+                self.http.build_request(request.method, url, headers=headers, content=body),
+                stream=True)
         except httpx.TransportError as e:
             return _error(502, f"version {version} unreachable: {type(e).__name__}",
                           "version_unreachable")
@@ -63,10 +70,25 @@ class Router:
                                  background=BackgroundTask(reply.aclose))
 
 
-def _error(status: int, message: str, code: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "service_unavailable",
-                                   "param": None, "code": code}}, status_code=status)
+    async def _bounded_body(self, request: Request) -> bytes | None:
+        """The body, or None when it is over the limit (by its Content-Length, or as it
+        arrives): the router holds whole bodies, before the version checks the key."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return None
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.max_body_bytes:
+                return None
+        return bytes(body)
 
 
-def router_config(version: str, upstream: str) -> dict:
-    return {"version": version, "upstream": upstream}
+def _error(status: int, message: str, code: str, kind: str = "service_unavailable"
+           ) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None,
+                                   "code": code}}, status_code=status)
+
+
+def router_config(version: str, upstream: str, max_body_bytes: int) -> dict:
+    return {"version": version, "upstream": upstream, "max_body_bytes": max_body_bytes}

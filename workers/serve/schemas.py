@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 MAX_LOGPROBS = 20
 MAX_CHOICES = 16  # n
 MAX_PROMPTS = 32  # prompts in one completions request
+MAX_SEQUENCES = 64  # prompts x n: the sequences one request may start
 MAX_STOP = 4
+MAX_VIDEO_FRAMES = 64
 
 
 def _integral(value):
@@ -68,6 +70,15 @@ class CompletionRequest(Sampling):
     logprobs: TopN | None = None
     echo: bool = False
 
+    @model_validator(mode="after")
+    def _sequences_capped(self) -> "CompletionRequest":
+        prompts = 1 if isinstance(self.prompt, str) or isinstance(self.prompt[0], int) \
+            else len(self.prompt)
+        if prompts * self.n > MAX_SEQUENCES:
+            raise ValueError(f"{prompts} prompts x n={self.n} asks for {prompts * self.n} "
+                             f"sequences, over the limit of {MAX_SEQUENCES} per request")
+        return self
+
 
 class TextPart(Strict):
     type: Literal["text"]
@@ -103,7 +114,7 @@ class VideoPart(Strict):
     """longmix's convention (OpenAI has no video part): the frames in order, with timestamps."""
 
     type: Literal["video"]
-    video: Annotated[list[VideoFrame], Field(min_length=1)]
+    video: Annotated[list[VideoFrame], Field(min_length=1, max_length=MAX_VIDEO_FRAMES)]
 
 
 ContentPart = Annotated[TextPart | ImagePart | AudioPart | VideoPart, Field(discriminator="type")]

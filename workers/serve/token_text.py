@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from itertools import accumulate
+import codecs
 
 from model.tokenizer import Tokenizer
 
@@ -23,6 +23,7 @@ class TokenText:
         alphabet = _byte_level_alphabet()
         self.strings: list[str] = []
         self.bytes: list[list[int]] = []
+        self.special: set[int] = set()
         for i in range(tokenizer.vocab_size):
             piece = tokenizer.hf.id_to_token(i) or ""
             self.strings.append(tokenizer.decode([i]))
@@ -30,6 +31,7 @@ class TokenText:
                 self.bytes.append([alphabet[c] for c in piece])
             else:  # special tokens are whole strings, not byte pieces
                 self.bytes.append(list(piece.encode()))
+                self.special.add(i)
 
     def tokens(self, ids: list[int]) -> list[str]:
         return [self.strings[i] for i in ids]
@@ -38,5 +40,14 @@ class TokenText:
         return None if top is None else {self.strings[i]: lp for i, lp in top.items()}
 
     def offsets(self, ids: list[int]) -> list[int]:
-        """Where each token's text starts in the concatenated text of all of them."""
-        return list(accumulate((len(self.strings[i]) for i in ids[:-1]), initial=0))[:len(ids)]
+        """Where each token's text starts in the decoded text of all of them, in characters. A
+        multi-byte character split across byte-level pieces ("“" as two tokens) is one character
+        of the text, counted at the piece that completes it: each piece decoded alone would count
+        a replacement character, and every offset after it would drift."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        out, at = [], 0
+        for i in ids:
+            out.append(at)
+            at += len(self.strings[i]) if i in self.special \
+                else len(decoder.decode(bytes(self.bytes[i])))
+        return out

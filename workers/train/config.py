@@ -11,9 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from model.config import ConfigError, ModelConfig, get_preset
 
-# what pretraining (max_seq_len) and long_context (the RoPE scaling) change in a preset's model
-CONTEXT_FIELDS = ("max_seq_len", "rope_original_max_seq_len", "rope_scaling", "rope_factor")
-
 Stage = Literal["pretrain", "long_context", "sft"]
 
 
@@ -142,9 +139,8 @@ def plan_stage(cfg: TrainConfig) -> Plan:
             raise TrainConfigError("dataset: tokenized with a different tokenizer than the init_from "
                                    "checkpoint's; build it with tokenizer.path set to the checkpoint's "
                                    "tokenizer.json")
-        # the preset fixes the architecture; the context fields are what earlier stages set
-        context = {f: getattr(model, f) for f in CONTEXT_FIELDS}
-        if cfg.preset and model != get_preset(cfg.preset).replace(**context):
+        # the preset fixes the architecture; the context is what earlier stages set
+        if cfg.preset and model != get_preset(cfg.preset).with_context_of(model):
             raise TrainConfigError(f"preset={cfg.preset} differs from the init_from checkpoint's model")
     else:
         try:
@@ -157,16 +153,14 @@ def plan_stage(cfg: TrainConfig) -> Plan:
             raise TrainConfigError(f"long_context: the dataset's rows of {seq_len} tokens are not longer "
                                    f"than the {model.max_seq_len} the model was trained at; build a "
                                    "long-context dataset (packing.seq_len)")
-        model = model.replace(rope_scaling=cfg.rope_scaling,
-                              rope_original_max_seq_len=model.max_seq_len,
-                              rope_factor=seq_len / model.max_seq_len, max_seq_len=seq_len)
+        model = model.extended_to(seq_len, cfg.rope_scaling)
     elif not cfg.init_from:
         # pretraining sets the model's context to the length it is trained at
         if seq_len > model.max_seq_len:
             raise TrainConfigError(f"the dataset packs rows of {seq_len} tokens, beyond the "
                                    f"{cfg.preset or manifest['preset']} preset's context of "
                                    f"{model.max_seq_len}")
-        model = model.replace(max_seq_len=seq_len, rope_original_max_seq_len=seq_len)
+        model = model.trained_at(seq_len)
     elif seq_len > model.max_seq_len:
         raise TrainConfigError(f"the dataset packs rows of {seq_len} tokens, beyond the model's context "
                                f"of {model.max_seq_len}: use the long_context stage")

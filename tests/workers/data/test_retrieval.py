@@ -44,6 +44,15 @@ def test_retrieval_mixes_the_variants_evenly(docs):
                for d in docs)
 
 
+@pytest.mark.parametrize("chars", [720, 3200])
+def test_a_retrieval_document_keeps_to_its_length_so_a_packed_row_holds_it_whole(corpus, chars):
+    """A document longer than a row would be packed with its question cut from its facts."""
+    docs = retrieval_examples(100, corpus, chars, seed=2)
+    assert max(len(d.text) for d in docs) <= chars
+    lists = [d for d in docs if d.meta["variant"] == "fact_list"]
+    assert min(len(json.loads(d.meta["facts"])) for d in lists) >= 2  # fewer facts, not none
+
+
 def test_every_answer_is_planted_before_its_question(docs):
     for doc in docs:
         body, questions = doc.text.rsplit("\n\n", 1)

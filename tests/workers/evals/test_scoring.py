@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from workers.data.synth import load_instructions, prompt_hash, refusal_prompts
-from workers.evals.haystack import found, insert_at_depths, rank_of_first
+from workers.evals.haystack import found, haystack, insert_at_depths, rank_of_first
 from workers.evals.perplexity import cumulative_nll, fit_power_law
 from workers.evals.refusal import RefusalScorer, string_match
 from workers.evals.report import EvalReport, ModelInfo, compare
@@ -65,6 +65,13 @@ def test_needles_go_to_the_sentence_break_nearest_their_depth():
     assert insert_at_depths(text, ["N."], [0.0]).startswith("N. Alpha")
     both = insert_at_depths(text, ["B.", "A."], [0.9, 0.1])
     assert both.index("A.") < both.index("B.")
+
+
+def test_a_length_that_leaves_no_room_for_a_haystack_is_named():
+    """A NIAH length barely longer than the needle and its question (64 tokens) is refused with
+    what it left, not a search for sentence breaks in a few dozen characters."""
+    with pytest.raises(ValueError, match="19 tokens of haystack are left .* evaluate at a longer"):
+        haystack(None, ["Some text. More text."], 19, 4.0, np.random.default_rng(0))
 
 
 def test_the_power_law_fit_recovers_known_parameters():

@@ -2,10 +2,16 @@
 keeps serving, and the API key is required and never written to the logs."""
 
 import base64
+import io
+import wave
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
+
+from workers.serve.media import MAX_IMAGE_PIXELS
+from workers.serve.schemas import MAX_VIDEO_FRAMES
 
 CONTEXT = 512  # the tiny preset's
 
@@ -27,6 +33,21 @@ def chat_with(server, part):
 
 def image_part(url):
     return {"type": "image_url", "image_url": {"url": url}}
+
+
+def png_url(width: int, height: int) -> str:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG")  # black: compresses to little
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def wav_part(rate: int) -> dict:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
+        w.writeframes(b"\0\0" * rate)
+    return {"type": "input_audio", "input_audio": {
+        "data": base64.b64encode(buffer.getvalue()).decode(), "format": "wav"}}
 
 
 BAD_REQUESTS = {
@@ -80,11 +101,37 @@ BAD_REQUESTS = {
         "/v1/chat/completions", lambda s: chat_with(s, {"type": "input_audio", "input_audio": {
             "data": base64.b64encode(b"RIFF....nonsense").decode(), "format": "wav"}}),
         400, "messages.0.content.1", "invalid_media"),
+    "image over the pixel limit": (
+        "/v1/chat/completions",
+        lambda s: chat_with(s, image_part(png_url(MAX_IMAGE_PIXELS // 1000 + 1, 1000))),
+        400, "messages.0.content.1", "invalid_media"),
+    "audio below 8 kHz": (
+        "/v1/chat/completions", lambda s: chat_with(s, wav_part(4000)), 400,
+        "messages.0.content.1", "invalid_media"),
+    "audio above 48 kHz": (
+        "/v1/chat/completions", lambda s: chat_with(s, wav_part(96000)), 400,
+        "messages.0.content.1", "invalid_media"),
+    "more video frames than the limit": (
+        "/v1/chat/completions", lambda s: chat_with(s, {"type": "video", "video": [
+            {"image_url": {"url": png_url(8, 8)}, "timestamp": float(t)}
+            for t in range(MAX_VIDEO_FRAMES + 1)]}),
+        400, "messages.0.content.1.video", "invalid_value"),
+    "prompts x n over the per-request cap": (
+        "/v1/completions", lambda s: completion(s, prompt=["a"] * 8, n=16), 400, None,
+        "invalid_value"),
     "audio in an unsupported format": (
         "/v1/chat/completions", lambda s: chat_with(s, {"type": "input_audio", "input_audio": {
             "data": "AAAA", "format": "mp3"}}),
         400, "messages.0.content.1.input_audio.format", "invalid_value"),
 }
+
+
+# what the message of a request over a limit says: the limit
+LIMITS_NAMED = {"image over the pixel limit": f"limit of {MAX_IMAGE_PIXELS} pixels",
+                "audio below 8 kHz": "outside the 8000-48000 Hz",
+                "audio above 48 kHz": "outside the 8000-48000 Hz",
+                "more video frames than the limit": f"at most {MAX_VIDEO_FRAMES} items",
+                "prompts x n over the per-request cap": "128 sequences, over the limit of 64"}
 
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
@@ -95,6 +142,7 @@ def test_bad_requests_get_an_error_object_naming_the_problem(http, server, case)
     error = reply.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert (error["param"], error["code"]) == (param, code), error
+    assert LIMITS_NAMED.get(case, "") in error["message"]
 
 
 def test_malformed_json_and_a_body_over_the_limit(http, server):
