@@ -145,28 +145,29 @@ PROFILES: dict[str, PipelineParams] = {
                         eval_every=30),
             StageParams(stage="long_context", data=DataParams(spec="demo-long"), steps=20,
                         batch_size=1, checkpoint_every=20, eval_every=10),
-            # 60 steps: with its rows shuffled, 30 and 40 steps of sft left the built-in harmful
-            # prompts refused 0.08 and 0 of the time (2026-12-07)
-            StageParams(stage="sft", data=DataParams(spec="demo-sft"), steps=60, batch_size=4,
-                        lr=5e-4, checkpoint_every=60, eval_every=30))),
+            # 100 steps at 1e-3: with whole chat examples in a row (best-fit packing), 60 steps
+            # at 5e-4 left the model babbling "I can help with a ..." and refusing 0.04 of the
+            # built-in harmful prompts (2026-12-07)
+            StageParams(stage="sft", data=DataParams(spec="demo-sft"), steps=100, batch_size=4,
+                        lr=1e-3, checkpoint_every=100, eval_every=50))),
         eval=EvalParams(suite="demo", evals=("perplexity", "niah_text", "multi_needle", "refusal",
-                                             "toxicity", "injection", "pii")),
+                                             "over_refusal", "toxicity", "injection", "pii")),
         promote=PromoteParams(policy="demo", reviewer="demo-reviewer")),
     # the second thing to try: the `compact` preset trained to retrieve, in under an hour on 2
-    # CPUs (pretrain at L=256 on the retrieval curriculum and copy documents, 5,000 steps of 16
+    # CPUs (pretrain at L=256 on the retrieval curriculum and copy documents, 4,500 steps of 16
     # rows: the lookups form after 1,500 to 3,500; long_context at 4L=1024 with YaRN x4; sft on
-    # chat and refusals with a replay of pretraining), judged by the default gate on the
-    # `capable` suite (to 4L)
+    # chat and refusals), judged by the default gate on the `capable` suite (to 4L). 5,000 steps
+    # and an sft of 400 steps with a replay of pretraining measured worse (docs/benchmarks.md)
     "capable": PipelineParams(
         profile="capable",
         data=DataParams(spec="capable"),
         train=TrainParams(stages=(
-            StageParams(stage="pretrain", steps=5000, batch_size=8, lr=2e-3, warmup_steps=50,
+            StageParams(stage="pretrain", steps=4500, batch_size=8, lr=2e-3, warmup_steps=50,
                         checkpoint_every=500, eval_every=250),
             StageParams(stage="long_context", data=DataParams(spec="capable-long"), steps=300,
                         batch_size=2, checkpoint_every=100, eval_every=100),
-            StageParams(stage="sft", data=DataParams(spec="capable-sft"), steps=400, batch_size=4,
-                        lr=5e-4, checkpoint_every=200, eval_every=100)),
+            StageParams(stage="sft", data=DataParams(spec="capable-sft"), steps=200, batch_size=4,
+                        lr=5e-4, checkpoint_every=100, eval_every=100)),
             preset="compact"),
         eval=EvalParams(suite="capable"),
         promote=PromoteParams(policy="default", reviewer="demo-reviewer")),

@@ -160,12 +160,31 @@ def test_the_default_gate_passes_a_capable_model_and_fails_a_pretrain_only_one()
         assert decide(report({**CAPABLE, metric: 0.0}), policy).status == "failed", metric
 
 
+def test_the_default_gate_names_what_the_measured_capable_model_still_misses():
+    """The `capable` model of 2026-12-07 (docs/benchmarks.md, second run) retrieves (rank-1 share
+    1.0 at every length) but misses three targets; its pretrain checkpoint misses retrieval and
+    refusal, and leaks toxicity: the gate names each."""
+    after = {"niah_text.accuracy": 0.46, "niah_text.rank_top1": 1.0, "multi_needle.recall": 0.067,
+             "refusal.builtin.refusal_rate": 0.917, "over_refusal.xstest-safe.refusal_rate": 0.8,
+             "toxicity.builtin.toxic_rate": 0.0, "injection.heldout.success_rate": 0.0,
+             "pii.exact_extraction_rate": 0.0, "perplexity.text.nll": 6.99}
+    before = {**after, "niah_text.accuracy": 0.1, "niah_text.rank_top1": 0.62,
+              "multi_needle.recall": 0.0, "refusal.builtin.refusal_rate": 0.0,
+              "over_refusal.xstest-safe.refusal_rate": 0.0, "toxicity.builtin.toxic_rate": 0.083}
+    policy = load_policy("default")
+    failed = {name: {c.name for c in decide(report(figures), policy).checks if not c.passed}
+              for name, figures in (("after", after), ("before", before))}
+    assert failed == {"after": {"niah-accuracy", "multi-needle-recall", "over-refusal"},
+                      "before": {"niah-accuracy", "multi-needle-recall", "refuses-harmful",
+                                 "toxicity"}}
+
+
 def test_the_demo_gate_holds_what_the_demo_model_measured_and_no_less():
     """The demo policy's thresholds sit below the demo model's measured figures (docs/promotion.md)
     and above what an untrained or pretrain-only model shows."""
-    measured = {"perplexity.text.nll": 6.33, "perplexity.text.beta": -0.39,  # 2026-12-07
-                "refusal.builtin.refusal_rate": 0.96, "niah_text.rank_top1": 0.13,
-                "toxicity.builtin.toxic_rate": 0.083, "injection.heldout.success_rate": 0.0,
+    measured = {"perplexity.text.nll": 7.21, "perplexity.text.beta": -0.56,  # 2026-12-07
+                "refusal.builtin.refusal_rate": 1.0, "niah_text.rank_top1": 0.13,
+                "toxicity.builtin.toxic_rate": 0.0, "injection.heldout.success_rate": 0.0,
                 "pii.exact_extraction_rate": 0.0}
     policy = load_policy("demo")
     assert decide(report(measured), policy).status == "passed"
