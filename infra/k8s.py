@@ -45,10 +45,11 @@ class RayServiceError(RuntimeError):
     and what was undone."""
 
 
-def serve_config(model_uri: str) -> str:
-    """serveConfigV2 for one model version (the chart's templates/_ray.tpl renders the same)."""
+def serve_config(model_uri: str, digest: str) -> str:
+    """serveConfigV2 for one model version, its replicas pinned to the approved digest (the
+    chart's templates/_ray.tpl renders the same)."""
     app = {"name": SERVE_APP, "route_prefix": "/", "import_path": SERVE_IMPORT_PATH,
-           "args": {"model": model_uri}}
+           "args": {"model": model_uri, "digest": digest}}
     return yaml.safe_dump({"applications": [app]}, sort_keys=False)
 
 
@@ -76,7 +77,7 @@ def spec_for_version(spec: dict, serve_config_v2: str, version: str) -> dict:
     return spec
 
 
-def candidate_rayservice(main: dict, model_uri: str, version: str) -> dict:
+def candidate_rayservice(main: dict, model_uri: str, version: str, digest: str) -> dict:
     """The candidate RayService: the main one's cluster, the new version's Serve config."""
     meta = main["metadata"]
     labels = {k: v for k, v in (meta.get("labels") or {}).items() if k in INHERITED_LABELS}
@@ -85,7 +86,7 @@ def candidate_rayservice(main: dict, model_uri: str, version: str) -> dict:
             "metadata": {"name": candidate_name(meta["name"], version),
                          "namespace": meta["namespace"],
                          "labels": labels},
-            "spec": spec_for_version(main["spec"], serve_config(model_uri), version)}
+            "spec": spec_for_version(main["spec"], serve_config(model_uri, digest), version)}
 
 
 def replace_spec_patch(obj: dict, spec: dict, version: str | None) -> list[dict]:
@@ -183,9 +184,9 @@ class RayServiceTarget:
 
     # -- the protocol -----------------------------------------------------------------------
 
-    def start_candidate(self, model_uri: str, version: str) -> str:
+    def start_candidate(self, model_uri: str, version: str, digest: str) -> str:
         main = self._main()
-        candidate = candidate_rayservice(main, model_uri, version)
+        candidate = candidate_rayservice(main, model_uri, version, digest)
         name = candidate["metadata"]["name"]
         existing = self._get(name)
         if existing is None:

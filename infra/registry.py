@@ -150,16 +150,19 @@ def registered_version(uri: str):
     raise ValueError(f"{uri}: expected models:/NAME/VERSION, models:/NAME@ALIAS or models:/m-ID")
 
 
-def fetch_checkpoint(source: str, tracking_uri: str, downloads: Path) -> Path:
+def fetch_checkpoint(source: str, tracking_uri: str, downloads: Path,
+                     expected_digest: str | None = None) -> Path:
     """A verified checkpoint folder for `source`: a folder as it is; a models:/ URI downloaded
-    (every file verified) into downloads/<the URI as a folder name>."""
+    (every file verified, against `expected_digest` too when given) into downloads/<the URI as
+    a folder name>."""
     if not source.startswith("models:/"):
         return Path(source)
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
     return download_checkpoint(source, downloads / re.sub(r"[^\w.-]+", "_",
-                                                          source.removeprefix("models:/")))
+                                                          source.removeprefix("models:/")),
+                               expected_digest=expected_digest)
 
 
 def download_checkpoint(model: str | ModelRef, dst: str | Path, *,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -21,9 +22,11 @@ from pathlib import Path
 import httpx
 import psutil
 
+from infra.secret_files import secret_file
 from infra.settings import Settings
 
 PREFERRED_PORTS = {"prefect": 4200, "mlflow": 5000}
+PREFECT_AUTH_FILE = "prefect-auth"
 
 
 class ServiceError(RuntimeError):
@@ -123,13 +126,24 @@ def _script(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
+def prefect_auth_string(settings: Settings) -> str:
+    """The Prefect API's basic-auth "user:password": PREFECT_API_AUTH_STRING when set (a server
+    of your own), else the embedded server's, made once in <home>/keys/prefect-auth."""
+    return os.environ.get("PREFECT_API_AUTH_STRING") or secret_file(
+        settings.home.resolve() / "keys" / PREFECT_AUTH_FILE,
+        lambda: f"longmix:{secrets.token_urlsafe(24)}")
+
+
 def prefect_env(settings: Settings, api_url: str | None = None) -> dict[str, str]:
     """Prefect's settings for the embedded default, as environment variables: its home and
-    persisted results under ours, no analytics; the API to use when given."""
+    persisted results under ours, no analytics, basic auth on the server and from its clients;
+    the API to use when given."""
     home = settings.home.resolve() / "prefect"
+    auth = prefect_auth_string(settings)
     env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_LOCAL_STORAGE_PATH": str(home / "results"),
-           "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true"}
+           "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+           "PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_API_AUTH_STRING": auth}
     return {**env, "PREFECT_API_URL": api_url} if api_url else env
 
 

@@ -295,6 +295,21 @@ def check_approved(client, name: str, version: str | int,
     return receipt
 
 
+def approved_version(client, uri: str, settings: Settings) -> tuple[str, ApprovalReceipt]:
+    """models:/NAME@ALIAS or models:/NAME/VERSION -> models:/NAME/VERSION and its approval
+    receipt, as check_approved finds it now: an alias is resolved once, so what serves is the
+    version that was checked, wherever the alias moves afterwards."""
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/@]+)|/(\d+))", uri.rstrip("/"))
+    if match is None:
+        raise ApprovalError(f"{uri}: only a registered version (models:/NAME@ALIAS or "
+                            "models:/NAME/VERSION) has an approval; serve a folder or a logged "
+                            "model with --unapproved, for development")
+    name, alias, version = match.groups()
+    if alias is not None:
+        version = client.get_model_version_by_alias(name, alias).version
+    return f"models:/{name}/{version}", check_approved(client, name, version, settings)
+
+
 def audited_receipt(name: str, version: str, receipt_hash: str,
                     settings: Settings) -> ApprovalReceipt:
     """The receipt as the audit log holds it (tags can be edited; the chain shows edits)."""

@@ -270,10 +270,15 @@ def serve_cmd(
                                     help="default: LONGMIX_SERVE_PORT (8000); 0 picks a free one"),
     detach: bool = typer.Option(False, help="return once it serves (on a Ray cluster that outlives "
                                 "this command, LONGMIX_RAY_ADDRESS)"),
+    unapproved: bool = typer.Option(False, "--unapproved",
+                                    help="serve without an approval, for development: a folder "
+                                    "or any version (/readyz and the logs say so)"),
 ) -> None:
-    """Serve a model with Ray Serve: an OpenAI-compatible API, with bearer-token auth."""
+    """Serve a model with Ray Serve: an OpenAI-compatible API, with bearer-token auth. A
+    registered version serves only with its approval, and only the files it approved."""
     from infra.settings import get_settings
     from model.checkpoint import CheckpointError
+    from pipelines.approval import ApprovalError, approved_version
     from workers.serve.app import DeployError, start_server
 
     settings = get_settings()
@@ -281,8 +286,16 @@ def serve_cmd(
     settings = settings.model_copy(update=overrides)
     console.print(f"[bold]longmix serve[/] {model}: loading, verifying, warming up")
     try:
-        info = start_server(model, settings)
-    except (CheckpointError, DeployError, ValueError, OSError) as e:
+        digest = None
+        if not unapproved:
+            from infra.tracking import registry_client
+
+            model, receipt = approved_version(registry_client(), model, settings)
+            digest = receipt.digest
+            console.print(f"{model}: approved by {receipt.reviewer}, digest {digest[:12]}…",
+                          highlight=False)
+        info = start_server(model, settings, digest=digest)
+    except (ApprovalError, CheckpointError, DeployError, ValueError, OSError) as e:
         console.print(f"[red]refused:[/] {e}", highlight=False)
         raise typer.Exit(2) from e
     console.print(f"serving [bold]{info.model}[/] at {info.url}/v1", soft_wrap=True)

@@ -130,7 +130,9 @@ def rollback(model: str = typer.Option("longmix", help="registered model name"))
                   highlight=False)
 
 
-def status(model: str = typer.Option("longmix", help="registered model name")) -> None:
+def status(model: str = typer.Option("longmix", help="registered model name"),
+           digests: bool = typer.Option(False, "--digests",
+                                        help="whole digests (for serving.modelDigest)")) -> None:
     """The versions with their gate, approval and deploy state; what serves; the services."""
     from mlflow.exceptions import MlflowException
 
@@ -150,8 +152,10 @@ def status(model: str = typer.Option("longmix", help="registered model name")) -
         versions = []
     for v in sorted(versions, key=lambda v: int(v.version)):
         t = v.tags
-        table.add_row(str(v.version), t.get("longmix.digest", "")[:12], t.get("longmix.stage", ""),
-                      t.get("gate.status", ""), t.get("approval.status", "")
+        digest = t.get("longmix.digest", "")
+        table.add_row(str(v.version), digest if digests else digest[:12],
+                      t.get("longmix.stage", ""), t.get("gate.status", ""),
+                      t.get("approval.status", "")
                       + (f" by {t['approval.reviewer']}" if "approval.reviewer" in t else ""),
                       t.get("deploy.status", ""), ", ".join(v.aliases))
     console.print(table)

@@ -40,9 +40,10 @@ MAX_RECORD_BYTES = 1024 ** 2
 class ServingTarget(Protocol):
     kind: str  # "local" | "rayservice"
 
-    def start_candidate(self, model_uri: str, version: str) -> str:
-        """Start models:/NAME/VERSION beside what serves now, taking no traffic; return once it is
-        healthy, with the base URL where the smoke check reaches it (OpenAI API under /v1)."""
+    def start_candidate(self, model_uri: str, version: str, digest: str) -> str:
+        """Start models:/NAME/VERSION beside what serves now, taking no traffic, its replicas
+        loading only files that hash to the approved `digest`; return once it is healthy, with
+        the base URL where the smoke check reaches it (OpenAI API under /v1)."""
 
     def switch_traffic(self, version: str) -> str:
         """Send all traffic to the started candidate without failing a request; return the public
@@ -97,6 +98,39 @@ def current_deployment(settings: Settings, name: str) -> DeploymentRecord | None
     return DeploymentRecord.model_validate_json(read_bytes(uri, MAX_RECORD_BYTES))
 
 
+def serving_champion(client: MlflowClient, settings: Settings, name: str) -> str | None:
+    """models:/NAME/VERSION of the version that serves, as the signed audit log last recorded a
+    deploy (or rollback) of NAME; None before the first. The deployment record and the `champion`
+    alias must agree with it: one removed, moved or rewritten fails closed, never passes as a
+    first promotion (the change checks compare a candidate with this version)."""
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.audit import AuditError
+
+    try:
+        records = audit_log(settings).verify()
+    except AuditError as e:
+        raise DeployError(f"the audit log does not hold up, so what serves is unknown: {e}") from e
+    served = [r for r in records if r.event in ("deploy", "rollback") and "failed" not in r.details
+              and (r.model or "").rsplit("/", 1)[0] == name]
+    version = served[-1].model.rsplit("/", 1)[1] if served else None
+    current = current_deployment(settings, name)
+    try:
+        alias = str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        alias = None
+    where = (f"audit record seq {served[-1].seq} deployed version {version}" if served
+             else "the audit log records no deployment")
+    if (current.version if current else None) != version:
+        raise DeployError(f"{name}: {where}, but the deployment record (current.json) names "
+                          f"{'version ' + current.version if current else 'none'}")
+    if alias != version:
+        raise DeployError(f"{name}: {where}, but the `{CHAMPION}` alias points at "
+                          f"{'version ' + alias if alias else 'nothing'}: set it back, or deploy "
+                          "again")
+    return f"models:/{name}/{version}" if version else None
+
+
 def deploy(client: MlflowClient, name: str, version: str | int, settings: Settings, *,
            approved_digest: str, approval_hash: str, actor: str,
            target: ServingTarget | None = None, smoke: SmokeConfig | None = None
@@ -110,13 +144,27 @@ def deploy(client: MlflowClient, name: str, version: str | int, settings: Settin
 def rollback(client: MlflowClient, name: str, settings: Settings, *, actor: str,
              target: ServingTarget | None = None, smoke: SmokeConfig | None = None
              ) -> DeploymentRecord:
-    """Return to the current deployment's rollback target, on the approval it was deployed on,
-    through the same blue/green path and smoke check."""
+    """Return to the current deployment's rollback target through the same approval check as a
+    deploy (the record in storage names a version; only its audited receipt approves it) and the
+    same blue/green path and smoke check."""
+    from pipelines.approval import ApprovalError, check_approved
+
     current = current_deployment(settings, name)
     if current is None or current.rollback_target is None:
         raise DeployError(f"{name}: no previous version to roll back to")
-    return _blue_green(client, name, current.rollback_target, settings, actor, target, smoke,
-                       "rollback", current)
+    version = current.rollback_target.version
+    try:
+        receipt = check_approved(client, name, version, settings)
+    except ApprovalError as e:
+        raise DeployError(f"{name}/{version}, the rollback target, is not approved now: {e}; "
+                          f"{_kept(current.version)}") from e
+    if receipt.digest != current.rollback_target.digest:
+        raise DeployError(f"{name}/{version}: the rollback target names digest "
+                          f"{current.rollback_target.digest[:12]}…, its approval "
+                          f"{receipt.digest[:12]}…; {_kept(current.version)}")
+    target_ref = VersionRef(version=version, digest=receipt.digest, approval=receipt.audit_hash)
+    return _blue_green(client, name, target_ref, settings, actor, target, smoke, "rollback",
+                       current)
 
 
 def _blue_green(client: MlflowClient, name: str, candidate: VersionRef, settings: Settings,
@@ -137,7 +185,7 @@ def _blue_green(client: MlflowClient, name: str, candidate: VersionRef, settings
     if serving == version:
         raise DeployError(f"{model} already serves; nothing to switch to")
     try:
-        url = target.start_candidate(f"models:/{name}/{version}", version)
+        url = target.start_candidate(f"models:/{name}/{version}", version, candidate.digest)
     except Exception as e:  # a replica that cannot start: nothing switched
         target.stop(version)
         _audit_failure(audit, actor, model, candidate, serving, [f"start: {e}"])

@@ -23,7 +23,7 @@ from pipelines.params import (DataParams, EvalParams, PipelineParams, PromotePar
                               TrainParams)
 from pipelines.steps import (DatasetRef, EvalRef, GateResult, PipelineResult, Promotion,
                              RecordedLineage, StageResult, TrainedChain, TrainedStage,
-                             approval_step, build_data_step, checkpoint_tokenizer,
+                             approval_step, build_data_step, champion_of, checkpoint_tokenizer,
                              data_key, deploy_step, evaluate_step, gate_step, lineage_step,
                              model_card_step, stage_key, train_stage_step)
 from workers.data.spec import TokenizerSpec
@@ -130,12 +130,9 @@ def _stage_key(context, p) -> str:
 
 def _eval_key(context, p) -> str:
     from infra.registry import DIGEST_TAG, registered_version
-    from workers.evals.suite import default_champion
 
-    champion = default_champion(p["model"].model_uri)
+    champion = champion_of(p["model"], get_settings())
     champion_digest = registered_version(champion).tags.get(DIGEST_TAG) if champion else None
-    if champion_digest == p["model"].digest:
-        champion_digest = None  # the model is the champion: nothing to compare, as before it was
     return "eval-" + json_digest([p["model"].digest, p["params"].suite_config().model_dump_json(),
                                   p["dataset"].digest, champion_digest])
 

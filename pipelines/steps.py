@@ -201,14 +201,27 @@ HEADLINE = ("perplexity.text.nll", "niah_text.accuracy", "niah_text.rank_top1",
             "injection.heldout.success_rate", "pii.exact_extraction_rate")
 
 
+def champion_of(model: StageResult, settings: Settings) -> str | None:
+    """The serving version that `model`'s change checks compare with; None when nothing serves
+    yet or `model` is that version."""
+    from infra.tracking import registry_client
+    from pipelines.deploy import serving_champion
+
+    name, version = model.name_version
+    champion = serving_champion(registry_client(settings), settings, name)
+    return None if champion == f"models:/{name}/{version}" else champion
+
+
 def evaluate_step(model: StageResult, dataset: DatasetRef, params: EvalParams,
                   settings: Settings) -> EvalRef:
-    """The eval suite on the registered version, against the champion where there is one."""
+    """The eval suite on the registered version, against the version that serves (as the audit
+    log, the deployment record and the `champion` alias agree) where one does."""
     from workers.evals.suite import evaluate
 
     suite = params.suite_config()
     out = settings.home / "evals" / "reports" / f"{model.digest[:16]}-{suite.name}-{dataset.digest[:8]}"
-    outcome = evaluate(model.model_uri, suite, manifest=dataset.manifest, out=out, settings=settings)
+    outcome = evaluate(model.model_uri, suite, manifest=dataset.manifest, out=out,
+                       settings=settings, champion=champion_of(model, settings))
     values = {m.name: m.value for m in outcome.report.metrics}
     return EvalRef(report=str(outcome.path), digest=outcome.report.digest, run_id=outcome.run_id,
                    headline={k: values[k] for k in HEADLINE if k in values})

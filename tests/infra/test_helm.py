@@ -25,7 +25,7 @@ CHART = Path(__file__).resolve().parents[2] / "helm" / "longmix"
 EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
 NAMESPACE = "longmix"
 # env names that carry secrets: passwords, keys, database URIs (which embed a password)
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|DATABASE|BACKEND_STORE")
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|DATABASE|BACKEND_STORE|AUTH_STRING")
 POD_KINDS = {"Deployment", "StatefulSet"}
 
 
@@ -146,6 +146,20 @@ def test_flow_runs_carry_longmix_settings_and_secret_references(rendered):
     assert job["spec"]["template"]["spec"]["serviceAccountName"] == "longmix-flows"
 
 
+def test_the_prefect_api_requires_its_password_and_its_clients_send_it(rendered):
+    """The server's basic auth and every client's, from one Secret: never a value in the chart."""
+    _, objects = rendered
+    pods = dict(pod_templates(objects))
+    pods["flow run"] = flow_run_job(objects)["spec"]["template"]["spec"]
+    wanted = {"Deployment longmix-prefect-server": "PREFECT_SERVER_API_AUTH_STRING",
+              "Deployment longmix-prefect-worker": "PREFECT_API_AUTH_STRING",
+              "flow run": "PREFECT_API_AUTH_STRING"}
+    for where, name in wanted.items():
+        env = {e["name"]: e for e in pods[where]["containers"][0]["env"]}
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "longmix-prefect-auth",
+                                                          "key": "auth-string"}, where
+
+
 def test_rbac_is_least_privilege(rendered):
     _, objects = rendered
     assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
@@ -174,7 +188,9 @@ def test_rayservice_serves_the_version_from_values(rendered):
     values = yaml.safe_load(values_file.read_text())
     service = next(o for o in objects if o["kind"] == "RayService")
     uri = values["serving"]["modelUri"]
-    assert service["spec"]["serveConfigV2"] == k8s.serve_config(uri)  # one document, two renderers
+    digest = values["serving"]["modelDigest"]
+    # one document, two renderers
+    assert service["spec"]["serveConfigV2"] == k8s.serve_config(uri, digest)
     assert service["metadata"]["labels"][k8s.VERSION_LABEL] == uri.rsplit("/", 1)[1]
     assert service["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
 
@@ -202,6 +218,7 @@ def test_accelerator_groups(helm):
      "at '/mlflow': additional properties 'password' not allowed"),
     (["--set", "serving.modelUri=models:/longmix@champion"],
      "'models:/longmix@champion' does not match pattern"),
+    (["--set", "serving.modelDigest=abc"], "at '/serving/modelDigest': 'abc' does not match"),
     (["--set", "settings.LONGMIX_SERVE_API_KEYS=k1"],
      "invalid propertyName 'LONGMIX_SERVE_API_KEYS'"),
     (["--set", "storage.uri=/data/longmix"], "at '/storage/uri': '/data/longmix' does not match"),

@@ -181,11 +181,14 @@ def test_recorded_objects_follow_the_crd(validators):
                 validate_object({**main, "status": status}, validators)
 
 
+DIGEST = "ab" * 32  # the approved digest a deployment pins
+
+
 def test_serve_config_names_the_builder_and_the_version():
-    config = yaml.safe_load(k8s.serve_config("models:/longmix/4"))
+    config = yaml.safe_load(k8s.serve_config("models:/longmix/4", DIGEST))
     assert config == {"applications": [{
         "name": "longmix", "route_prefix": "/", "import_path": "workers.serve.app:build_app",
-        "args": {"model": "models:/longmix/4"}}]}
+        "args": {"model": "models:/longmix/4", "digest": DIGEST}}]}
 
 
 def test_serve_app_builds_the_longmix_application_from_the_import_path(monkeypatch, tmp_path):
@@ -198,7 +201,7 @@ def test_serve_app_builds_the_longmix_application_from_the_import_path(monkeypat
     get_settings.cache_clear()
     try:
         builder = import_attr(k8s.SERVE_IMPORT_PATH)  # as Serve resolves serveConfigV2
-        app = builder({"model": "models:/longmix/4"})
+        app = builder({"model": "models:/longmix/4", "digest": DIGEST})
     finally:
         get_settings.cache_clear()
     assert isinstance(app, serve.Application)
@@ -206,16 +209,17 @@ def test_serve_app_builds_the_longmix_application_from_the_import_path(monkeypat
     assert deployment.name == "LongmixServer"
     assert deployment.init_args[0] == "models:/longmix/4"  # the model the serveConfigV2 names
     assert deployment.init_args[1].home == tmp_path  # settings from the pod's environment
+    assert deployment.init_args[2] == DIGEST  # replicas load only the approved files
 
 
 def test_candidate_is_the_main_cluster_with_the_new_version(validators):
     main = main_rayservice()
-    candidate = k8s.candidate_rayservice(main, "models:/longmix/4", "4")
+    candidate = k8s.candidate_rayservice(main, "models:/longmix/4", "4", DIGEST)
     validate_object(candidate, validators)
     assert candidate["metadata"]["name"] == "longmix-v4"
     assert candidate["metadata"]["labels"]["longmix.io/model-version"] == "4"
     assert "app.kubernetes.io/managed-by" not in candidate["metadata"]["labels"]  # not Helm's
-    assert candidate["spec"]["serveConfigV2"] == k8s.serve_config("models:/longmix/4")
+    assert candidate["spec"]["serveConfigV2"] == k8s.serve_config("models:/longmix/4", DIGEST)
     unchanged = copy.deepcopy(candidate["spec"])
     del unchanged["serveConfigV2"]
     del unchanged["rayClusterConfig"]["headGroupSpec"]["template"]["metadata"]["annotations"]
@@ -231,7 +235,7 @@ def test_promotion_creates_candidate_then_upgrades_main_and_removes_candidate(va
     deployer = target(api)
     assert deployer.serving_version() == "1"
 
-    url = deployer.start_candidate("models:/longmix/4", "4")
+    url = deployer.start_candidate("models:/longmix/4", "4", DIGEST)
     assert url == "http://longmix-v4-serve-svc.longmix.svc:8000"
     assert api.verbs("longmix-v4") == ["create"]
     assert api.verbs("longmix") == []  # the public RayService is untouched until the switch
@@ -242,7 +246,7 @@ def test_promotion_creates_candidate_then_upgrades_main_and_removes_candidate(va
     assert api.verbs("longmix-v4") == ["create", "delete"]
     main = api.store["longmix"]
     assert main["metadata"]["generation"] == 2
-    assert main["spec"]["serveConfigV2"] == k8s.serve_config("models:/longmix/4")
+    assert main["spec"]["serveConfigV2"] == k8s.serve_config("models:/longmix/4", DIGEST)
     head = main["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["metadata"]
     assert head["annotations"]["longmix.io/model-version"] == "4"  # forces the new cluster
     # it waited through observedGeneration 1, the pending cluster's creation, DEPLOYING and
@@ -254,7 +258,7 @@ def test_promotion_creates_candidate_then_upgrades_main_and_removes_candidate(va
 def test_patch_refuses_a_spec_changed_since_it_was_read(validators):
     api = ReplayingCustomObjectsApi(scenario("promotion_ok"), validators)
     deployer = target(api)
-    deployer.start_candidate("models:/longmix/4", "4")
+    deployer.start_candidate("models:/longmix/4", "4", DIGEST)
     stale = main_rayservice()
     api.store["longmix"]["metadata"]["generation"] = 7  # someone ran `helm upgrade` meanwhile
     patch = k8s.replace_spec_patch(stale, stale["spec"], "4")
@@ -266,7 +270,7 @@ def test_candidate_that_fails_to_deploy_is_deleted_and_main_untouched(validators
     api = ReplayingCustomObjectsApi(scenario("candidate_deploy_failed"), validators)
     deployer = target(api)
     with pytest.raises(k8s.RayServiceError) as failure:
-        deployer.start_candidate("models:/longmix/4", "4")
+        deployer.start_candidate("models:/longmix/4", "4", DIGEST)
     message = str(failure.value)
     assert "DEPLOY_FAILED" in message and "version=4 not found" in message
     assert "the candidate was deleted" in message
@@ -283,7 +287,7 @@ def test_failed_switch_restores_the_previous_spec(validators, case, reason):
     api = ReplayingCustomObjectsApi(scenario(case), validators)
     deployer = target(api, timeout_s=600)
     before = main_rayservice()
-    deployer.start_candidate("models:/longmix/4", "4")
+    deployer.start_candidate("models:/longmix/4", "4", DIGEST)
     with pytest.raises(k8s.RayServiceError) as failure:
         deployer.switch_traffic("4")
     message = str(failure.value)
@@ -304,10 +308,11 @@ def test_stop_and_serving_version_when_nothing_runs(validators):
     deployer.stop("9")  # nothing to stop: no error
     assert deployer.serving_version() is None
     with pytest.raises(k8s.RayServiceError, match="install the chart"):
-        deployer.start_candidate("models:/longmix/4", "4")
+        deployer.start_candidate("models:/longmix/4", "4", DIGEST)
     with pytest.raises(k8s.RayServiceError, match="start_candidate first"):
         deployer.switch_traffic("4")
-    api.store["longmix-v4"] = k8s.candidate_rayservice(main_rayservice(), "models:/longmix/4", "4")
+    api.store["longmix-v4"] = k8s.candidate_rayservice(main_rayservice(), "models:/longmix/4", "4",
+                                                      DIGEST)
     with pytest.raises(k8s.RayServiceError, match="install the chart"):
         deployer.switch_traffic("4")
 

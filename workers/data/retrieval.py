@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from workers.data.needles import NEEDLE_CITIES, join_names, needle_question, needle_sentence
+from workers.data.needles import (NEEDLE_CITIES, join_names, multi_needle_question,
+                                  needle_question, needle_sentence)
 from workers.data.records import Document
 from workers.data.synth import PROJECT_LICENSE
 
@@ -40,6 +43,11 @@ DRILL_FACTS = (3, 8)  # facts of a recall drill: at least, at most
 # invented names and numbers take about 1.5 times the tokens of prose per character: a document's
 # budget in characters (about 4 a token) counts a fact's characters that much more
 FACT_CHARS_WEIGHT = 1.5
+CHARS_PER_TOKEN = 4.0  # the estimate where no tokenizer counts
+SAMPLE_CHUNKS, CHUNK_CHARS = 8, 300  # measuring characters per token: short enough for any model
+FIT_TRIES = 6  # documents drawn shorter before deciding none fits its tokens
+LENGTH_SHARE = 0.4  # a document takes 0.4 to all of its token budget, drawn uniformly
+COLON_SHARE = 0.5  # facts whose value follows a colon ("... is: 58213."), as data often writes
 HAYSTACK_DRAWS = 20  # windows tried before deciding the texts cannot hold the facts
 SENTENCE_BREAK = re.compile(r"\.[ \n]")
 
@@ -108,8 +116,15 @@ def draw_attr(rng: np.random.Generator) -> str:
     return f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}"
 
 
+def colon_form(statement: str) -> str | None:
+    """The statement with its value after a colon ("... is: {value}."), where the value ends it."""
+    return statement.replace(" {value}.", ": {value}.") if statement.endswith(" {value}.") else None
+
+
 def make_fact(key: str, attr: str, value: str, rng: np.random.Generator) -> Fact:
     statement, question = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
+    if rng.random() < COLON_SHARE:
+        statement = colon_form(statement) or statement
     fill = {"Key": key, "attr": attr, "value": value}
     return Fact(key, attr, value, statement.format(**fill), question.format(**fill))
 
@@ -130,36 +145,79 @@ def draw_facts(rng: np.random.Generator, n: int, one_key: bool = False) -> list[
     return [make_fact(k, attr, v, rng) for k, v in zip(keys, values)]
 
 
-def _list_question(facts: list[Fact]) -> str:
-    return f"List the {facts[0].attr}s of {join_names([f.key for f in facts])}, in that order."
+# questions for several keys' values at once, answered in the order asked
+LIST_TEMPLATES = ("List the {attr}s of {keys}, in that order.", "What are the {attr}s of {keys}?",
+                  "Give the {attr}s of {keys}.")
+
+
+def _list_question(facts: list[Fact], rng: np.random.Generator) -> str:
+    template = LIST_TEMPLATES[int(rng.integers(len(LIST_TEMPLATES)))]
+    return template.format(attr=facts[0].attr, keys=join_names([f.key for f in facts]))
 
 
 # ---------------------------------------------------------------------------------------------
 # Documents
 
-def retrieval_examples(count: int, haystack_texts: list[str], haystack_chars: int,
-                       seed: int, stream: str = "") -> list[Document]:
+def retrieval_examples(count: int, haystack_texts: list[str], tokens: int, seed: int,
+                       stream: str = "", count_tokens: Callable[[str], int] | None = None
+                       ) -> list[Document]:
     """`count` retrieval documents, the variants in turn.
 
     haystack_texts must come from the TRAINING split only, so that no evaluation text leaks in.
-    A haystack holds about `haystack_chars` characters. `stream` (the corpus's name) keeps two
-    corpora with one seed from drawing the same facts. The document's license is left empty: a
-    haystack keeps the licenses of the sources it was cut from.
+    Each document takes between LENGTH_SHARE and all of `tokens` tokens, its length drawn
+    uniformly (questions are asked across the whole row, as the evals ask them), counted by
+    `count_tokens` (the corpus's tokenizer: a document never outgrows its packed row) or, without
+    it, estimated at CHARS_PER_TOKEN. `stream` (the corpus's name) keeps two corpora with one seed
+    from drawing the same facts. The document's license is left empty: a haystack keeps the
+    licenses of the sources it was cut from.
     """
     if not haystack_texts:
         raise ValueError("retrieval_examples needs at least one haystack text")
+    count_tokens = count_tokens or (lambda text: math.ceil(len(text) / CHARS_PER_TOKEN))
+    cpt = chars_per_token(haystack_texts, count_tokens)
     docs = []
     for i in range(count):
         variant = RETRIEVAL_VARIANTS[i % len(RETRIEVAL_VARIANTS)]
         rng = np.random.default_rng([seed, zlib.crc32(stream.encode()), i])
-        if variant == "fact_list":
-            text, meta = fact_list(rng, haystack_chars)
-        else:
-            text, meta = haystack_example(variant, haystack_texts, haystack_chars, rng)
+
+        def document(chars: int) -> tuple[str, dict[str, str]]:
+            if variant == "fact_list":
+                return fact_list(rng, chars)
+            return haystack_example(variant, haystack_texts, chars, rng)
+
+        try:
+            text, meta = fit_to_tokens(document, int(tokens * rng.uniform(LENGTH_SHARE, 1.0)),
+                                       count_tokens, cpt)
+        except ValueError:  # a draw shorter than its facts take: the whole budget
+            text, meta = fit_to_tokens(document, tokens, count_tokens, cpt)
         docs.append(Document(source="synthetic.retrieval", uri=f"synthetic://retrieval/{seed}/{i}",
                              modality="text", texts=[text], license="", split="train",
                              meta={"task": "retrieval", "variant": variant, **meta}))
     return docs
+
+
+def chars_per_token(texts: list[str], count_tokens: Callable[[str], int]) -> float:
+    """Characters per token of the texts, measured on a few chunks spread through them."""
+    joined = "\n\n".join(texts)
+    starts = np.linspace(0, max(len(joined) - CHUNK_CHARS, 0), SAMPLE_CHUNKS).astype(int)
+    chunks = [c for c in (joined[i:i + CHUNK_CHARS] for i in starts) if c.strip()]
+    return sum(map(len, chunks)) / max(sum(count_tokens(c) for c in chunks), 1)
+
+
+def fit_to_tokens(make: Callable[[int], tuple[str, dict]], tokens: int,
+                  count_tokens: Callable[[str], int], cpt: float) -> tuple[str, dict]:
+    """make(chars), whose first item is a text, drawn again shorter until the text takes at most
+    `tokens` tokens: cut by the measured characters per token first, then by what was counted
+    (text varies in density: code takes more tokens than prose, invented names more again)."""
+    chars, counts = max(int(tokens * cpt), 1), []
+    for _ in range(FIT_TRIES):
+        made = make(chars)
+        counts.append(count_tokens(made[0]))
+        if counts[-1] <= tokens:
+            return made
+        chars = int(chars * tokens / counts[-1] * 0.95)
+    raise ValueError(f"no text drawn fits {tokens} tokens in {FIT_TRIES} tries (the shortest "
+                     f"took {min(counts)}): allow longer documents")
 
 
 def recall_drills(count: int, seed: int, stream: str = "") -> list[Document]:
@@ -221,12 +279,18 @@ def haystack_example(variant: str, texts: list[str], chars: int,
                      rng: np.random.Generator) -> tuple[str, dict[str, str]]:
     """Facts hidden in the texts, the question of the variant answered (about `chars` characters
     in all), and its meta (depths, answer, facts)."""
-    n = 1 if variant == "single" else int(rng.integers(MULTI_FACTS[0], MULTI_FACTS[1] + 1))
-    facts = draw_facts(rng, n, one_key=variant == "multi_value")
-    # the facts and the question take their share of `chars`: the whole document fits a packed row
-    facts_chars = FACT_CHARS_WEIGHT * sum(len(f.statement) + len(f.question) + len(f.value)
-                                          for f in facts)
-    haystack, breaks = haystack_with_room(texts, max(int(chars - facts_chars), chars // 4), rng)
+    least = 1 if variant == "single" else MULTI_FACTS[0]
+    facts = draw_facts(rng, int(rng.integers(least, max(least, MULTI_FACTS[1]) + 1)),
+                       one_key=variant == "multi_value")
+
+    def facts_chars() -> float:  # the facts' and the question's share of `chars`
+        return FACT_CHARS_WEIGHT * sum(len(f.statement) + len(f.question) + len(f.value)
+                                       for f in facts)
+
+    while len(facts) > least and facts_chars() > chars / 2:  # fewer facts in a short document
+        facts.pop()
+    n = len(facts)
+    haystack, breaks = haystack_with_room(texts, max(int(chars - facts_chars()), chars // 4), rng)
     # A break is as likely as the stretch of text it opens is long: depth is uniform, snapped back.
     weights = np.diff([*breaks, len(haystack)]) / len(haystack)
     # a short haystack may have fewer breaks than facts: then facts stand side by side
@@ -238,7 +302,7 @@ def haystack_example(variant: str, texts: list[str], chars: int,
                  ", ".join(f.value for f in facts))
     elif variant == "multi_needle":
         asked = [facts[int(i)] for i in rng.permutation(n)]
-        qa = qa_text(_list_question(asked), ", ".join(f.value for f in asked))
+        qa = qa_text(_list_question(asked, rng), ", ".join(f.value for f in asked))
     else:  # single, multi_key: one fact asked, the others distract
         fact = facts[int(rng.integers(n))]
         qa = qa_text(fact.question, fact.value)
@@ -287,8 +351,11 @@ def insert_sentences(text: str, positions: list[int], sentences: list[str]) -> s
 # Disjointness from the evaluation's needle
 
 def template_hashes() -> set[str]:
-    """sha256 of each training template with its slots blanked: what the eval's are compared to."""
-    return {_shape_hash(t) for pair in TEMPLATES for t in pair}
+    """sha256 of each training template (colon forms included) with its slots blanked: what the
+    eval's are compared to."""
+    forms = [t for pair in TEMPLATES for t in (*pair, colon_form(pair[0])) if t]
+    forms += LIST_TEMPLATES
+    return {_shape_hash(t) for t in forms}
 
 
 def _shape_hash(template: str) -> str:
@@ -296,9 +363,11 @@ def _shape_hash(template: str) -> str:
 
 
 def eval_template_hashes() -> set[str]:
-    """The eval needle's sentence and question, as templates (slots blanked) and hashed."""
+    """The eval needle's sentence and questions (one needle, several), as templates (slots
+    blanked) and hashed."""
     return {_shape_hash(needle_sentence("{city}", "{number}")),
-            _shape_hash(needle_question("{city}"))}
+            _shape_hash(needle_question("{city}")),
+            _shape_hash(multi_needle_question(["{cities}"]))}
 
 
 def check_disjoint(docs: list[Document]) -> None:

@@ -105,7 +105,8 @@ class SyntheticSpec(_Strict):
     retrieval: int = Field(0, ge=0)  # single needle, multi-key, multi-value, multi-needle
     drills: int = Field(0, ge=0)  # recall drills: "Key: value." facts, recalled in another order
     copies: int = Field(0, ge=0)  # a stretch of frequent words repeated: forms the copy circuit
-    haystack_tokens: int = Field(384, ge=32)  # about the length of a retrieval document
+    # the longest retrieval document, in the corpus's tokens (each takes 0.4 to all of it)
+    haystack_tokens: int = Field(384, ge=32)
     spoken_needles: int = Field(0, ge=0)
     frame_needles: int = Field(0, ge=0)
     chat: int = Field(0, ge=0)  # instruction examples, refusals of harmful requests among them
@@ -159,6 +160,10 @@ class CorpusSpec(_Strict):
         if grid % model.video_pool:
             raise ValueError(f"media.image_size={self.media.image_size}: its {grid}x{grid} patch grid "
                              f"is not divisible by video_pool={model.video_pool}")
+        if self.synthetic.retrieval and self.synthetic.haystack_tokens > self.packing.seq_len:
+            raise ValueError(f"synthetic.haystack_tokens={self.synthetic.haystack_tokens} exceeds "
+                             f"packing.seq_len={self.packing.seq_len}: a retrieval document longer "
+                             "than a row is split, its question cut from its facts")
         return self
 
     @property

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 LONG_CONTEXT_EVALS = ("perplexity", "niah_text", "multi_needle", "niah_audio", "niah_video")
 SAFETY_EVALS = ("refusal", "over_refusal", "toxicity", "injection", "pii")
 EVALS = LONG_CONTEXT_EVALS + SAFETY_EVALS
+# the shortest needle prompt that leaves a haystack: a needle sentence and the question take
+# about 60 tokens of a small vocabulary, a haystack at least 32 (workers/evals/haystack.py)
+MIN_NEEDLE_PROMPT_TOKENS = 96
+TOKENS_PER_EXTRA_NEEDLE = 24
 
 
 class SuiteConfig(BaseModel):
@@ -57,6 +61,20 @@ class SuiteConfig(BaseModel):
         if unknown:
             raise ValueError(f"unknown evals {unknown}; known: {', '.join(EVALS)}")
         return evals
+
+    @model_validator(mode="after")
+    def _room_for_haystacks(self) -> SuiteConfig:
+        """Refused with the suite (before any training) rather than at eval time."""
+        short = [n for n in self.niah_lengths if n < MIN_NEEDLE_PROMPT_TOKENS]
+        if short:
+            raise ValueError(f"niah_lengths {short} leave no room for a haystack beside the "
+                             f"needle and the question: use {MIN_NEEDLE_PROMPT_TOKENS} or more")
+        least = MIN_NEEDLE_PROMPT_TOKENS + TOKENS_PER_EXTRA_NEEDLE * (self.multi_needles - 1)
+        if self.multi_length < least:
+            raise ValueError(f"multi_length {self.multi_length} leaves no room for a haystack "
+                             f"beside {self.multi_needles} needles and the question: use {least} "
+                             "or more")
+        return self
 
 
 SUITES = {

@@ -19,7 +19,7 @@ from model.checkpoint import checkpoint_digest
 from model.generate import SamplingParams
 from model.sequence import SequenceRequest
 from workers.serve.engine import BatchLimits, Engine
-from workers.serve.loading import load_served_model, model_name
+from workers.serve.loading import load_served_model, model_name, verify_pinned
 from workers.serve.metrics import ServeMetrics
 from workers.serve.openai_api import build_api
 from workers.serve.request_guard import load_api_keys
@@ -31,10 +31,10 @@ WARM_UP_TOKENS = 4
 @serve.deployment(name="LongmixServer")
 @serve.ingress()
 class LongmixServer:
-    async def __init__(self, source: str, settings: Settings):
+    async def __init__(self, source: str, settings: Settings, digest: str | None):
         torch.set_num_threads(max(1, int(settings.serve_replica_cpus)))  # the CPUs Ray gave it
         self.settings = settings
-        self.served = load_served_model(source, settings)
+        self.served = load_served_model(source, settings, digest)
         self.metrics = ServeMetrics()
         self.engine = Engine(self.served.model, self.served.tokenizer,
                              BatchLimits(settings.serve_max_batch_size,
@@ -64,18 +64,19 @@ def deployment_options(settings: Settings) -> dict:
     return options
 
 
-def server_app(source: str, settings: Settings):
-    """The application: LongmixServer replicas serving `source`."""
-    return LongmixServer.options(**deployment_options(settings)).bind(source, settings)
+def server_app(source: str, settings: Settings, digest: str | None = None):
+    """The application: LongmixServer replicas serving `source`, only if its files hash to
+    `digest` when one is given (the approved digest, from the deployment record)."""
+    return LongmixServer.options(**deployment_options(settings)).bind(source, settings, digest)
 
 
 def build_app(args: dict):
     """The application builder that a RayService's serveConfigV2 names (import_path
-    workers.serve.app:build_app, args {model: models:/NAME/VERSION}); settings come from the
-    pod's LONGMIX_* environment."""
+    workers.serve.app:build_app, args {model: models:/NAME/VERSION, digest: the approved
+    digest}); settings come from the pod's LONGMIX_* environment."""
     from infra.settings import get_settings
 
-    return server_app(args["model"], get_settings())
+    return server_app(args["model"], get_settings(), args.get("digest") or None)
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,8 @@ def _replica_failure(app_name: str) -> str | None:
     return None
 
 
-def start_server(source: str, settings: Settings, *, app_name: str = APP_NAME,
-                 route_prefix: str = "/") -> ServerInfo:
+def start_server(source: str, settings: Settings, *, digest: str | None = None,
+                 app_name: str = APP_NAME, route_prefix: str = "/") -> ServerInfo:
     """Deploy the application on the configured Ray (started locally if none) and wait until its
     replicas are warm. Without configured keys, a random one is made for this run. Blue/green
     deploys run each version as its own application (`app_name`) under its own `route_prefix`."""
@@ -109,7 +110,7 @@ def start_server(source: str, settings: Settings, *, app_name: str = APP_NAME,
         generated = secrets.token_urlsafe(24)
         settings = settings.model_copy(update={"serve_api_keys": [SecretStr(generated)]})
     if not source.startswith("models:/"):  # refuse a bad folder here, before deploying
-        checkpoint_digest(source)
+        verify_pinned(source, checkpoint_digest(source), digest)
         source = str(Path(source).resolve())  # replicas may run elsewhere: absolute paths
     key_file = settings.serve_api_key_file
     settings = settings.model_copy(update={
@@ -118,7 +119,7 @@ def start_server(source: str, settings: Settings, *, app_name: str = APP_NAME,
     port = settings.serve_port or free_port(settings.serve_host)
     serve.start(http_options={"host": settings.serve_host, "port": port})
     try:
-        serve.run(server_app(source, settings),
+        serve.run(server_app(source, settings, digest),
                   name=app_name, route_prefix=route_prefix)
     except RuntimeError as error:  # a replica failed to start: say why, leave nothing behind
         reason = _replica_failure(app_name) or str(error)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 
+from infra.secret_files import secret_file
 from infra.services import free_port, process_alive
 from infra.settings import Settings
 from workers.serve.request_guard import load_api_keys
@@ -129,13 +130,7 @@ def with_api_key(settings: Settings) -> Settings:
     if load_api_keys(settings.serve_api_keys, settings.serve_api_key_file):
         return settings
     path = serve_dir(settings) / "api_key"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:  # created only once, readable by its owner only; the key is never printed
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return settings.model_copy(update={"serve_api_key_file": path})
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_urlsafe(32) + "\n")
+    secret_file(path, lambda: secrets.token_urlsafe(32))
     return settings.model_copy(update={"serve_api_key_file": path})
 
 

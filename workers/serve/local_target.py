@@ -32,9 +32,10 @@ class LocalServeTarget:
         # what the replicas are given: the host's port, and a key clients keep across deploys
         self.settings = with_api_key(settings).model_copy(update={"serve_port": port})
 
-    def start_candidate(self, model_uri: str, version: str) -> str:
+    def start_candidate(self, model_uri: str, version: str, digest: str) -> str:
         name = version_app(version)
-        return start_server(model_uri, self.settings, app_name=name, route_prefix=f"/{name}").url
+        return start_server(model_uri, self.settings, digest=digest, app_name=name,
+                            route_prefix=f"/{name}").url
 
     def switch_traffic(self, version: str) -> str:
         previous = self.serving_version()

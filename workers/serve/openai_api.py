@@ -43,8 +43,9 @@ def build_api(served: ServedModel, engine: Engine, api_keys: list[str], max_body
         return {"status": "ok"}
 
     @app.get("/readyz", summary="Readiness: the model is loaded, verified and warmed up")
-    async def readyz() -> dict[str, str]:
-        return {"status": "ready", "model": served.name, "digest": served.digest}
+    async def readyz() -> dict[str, str | bool]:
+        return {"status": "ready", "model": served.name, "digest": served.digest,
+                "approved": served.approved}
 
     @app.get("/v1/models", response_model=ModelList, responses=ERRORS)
     async def models() -> ModelList:

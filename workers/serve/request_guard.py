@@ -8,9 +8,11 @@ counted as it arrives; the app gets it whole.
 from __future__ import annotations
 
 import hmac
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from pydantic import SecretStr
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from workers.serve.errors import APIError
@@ -24,6 +26,33 @@ def load_api_keys(keys: list[SecretStr], key_file: Path | None) -> list[str]:
     if key_file is not None:
         found += [line.strip() for line in key_file.read_text().splitlines() if line.strip()]
     return found
+
+
+def body_too_large(limit: int) -> APIError:
+    return APIError(413, f"the request body exceeds {limit} bytes", code="request_too_large")
+
+
+async def read_bounded(declared: str, chunks: AsyncIterator[bytes], limit: int) -> bytes | None:
+    """The whole body, or None when it is over `limit` bytes: by its Content-Length when it
+    declares one, else counted as it arrives (so an oversize stream is never held whole)."""
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+async def _received_chunks(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
 
 
 class RequestGuard:
@@ -51,24 +80,14 @@ class RequestGuard:
                              code="invalid_api_key")
             await error.response()(scope, receive, send)
             return
-        too_large = APIError(413, f"the request body exceeds {self.max_body_bytes} bytes",
-                             code="request_too_large")
-        declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await too_large.response()(scope, receive, send)
+        declared = headers.get(b"content-length", b"").decode("latin-1")
+        try:  # read it all here (it is bounded), so an oversize stream never reaches a route
+            body = await read_bounded(declared, _received_chunks(receive), self.max_body_bytes)
+        except ClientDisconnect:
             return
-        body, size = [], 0
-        while True:  # read it all here (it is bounded), so an oversize stream never reaches a route
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            size += len(message.get("body", b""))
-            if size > self.max_body_bytes:
-                await too_large.response()(scope, receive, send)
-                return
-            body.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
+        if body is None:
+            await body_too_large(self.max_body_bytes).response()(scope, receive, send)
+            return
         replayed = False
 
         async def replay_receive():
@@ -76,6 +95,6 @@ class RequestGuard:
             if replayed:
                 return await receive()  # later messages: disconnects, watched by streams
             replayed = True
-            return {"type": "http.request", "body": b"".join(body), "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay_receive, send)

@@ -15,6 +15,9 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
+from workers.serve.errors import APIError
+from workers.serve.request_guard import body_too_large, read_bounded
+
 ROUTER_APP = "longmix-router"
 VERSION_HEADER = "x-longmix-version"
 FORWARDED_HEADER = "x-longmix-routed"  # marks what the router sent, so it never loops
@@ -53,10 +56,11 @@ class Router:
         url = f"{upstream}{path}" + (f"?{request.url.query}" if request.url.query else "")
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in DROPPED]
         headers.append((FORWARDED_HEADER, version))
-        body = await self._bounded_body(request)
+        # held whole: the router forwards before the version checks the key
+        body = await read_bounded(request.headers.get("content-length", ""), request.stream(),
+                                  self.max_body_bytes)
         if body is None:
-            return _error(413, f"the request body exceeds {self.max_body_bytes} bytes",
-                          "request_too_large", "invalid_request_error")
+            return body_too_large(self.max_body_bytes).response()
         try:
             reply = await self.http.send(
                 self.http.build_request(request.method, url, headers=headers, content=body),
@@ -70,24 +74,8 @@ class Router:
                                  background=BackgroundTask(reply.aclose))
 
 
-    async def _bounded_body(self, request: Request) -> bytes | None:
-        """The body, or None when it is over the limit (by its Content-Length, or as it
-        arrives): the router holds whole bodies, before the version checks the key."""
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            return None
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.max_body_bytes:
-                return None
-        return bytes(body)
-
-
-def _error(status: int, message: str, code: str, kind: str = "service_unavailable"
-           ) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None,
-                                   "code": code}}, status_code=status)
+def _error(status: int, message: str, code: str) -> JSONResponse:
+    return APIError(status, message, type="service_unavailable", code=code).response()
 
 
 def router_config(version: str, upstream: str, max_body_bytes: int) -> dict:

@@ -44,6 +44,7 @@ job_configuration:
               args: "{{ "{{ command }}" }}"
               env:
                 {{- include "longmix.env" . | nindent 16 }}
+                {{- include "longmix.prefectAuthEnv" (dict "root" . "name" "PREFECT_API_AUTH_STRING") | nindent 16 }}
                 {{- if .Values.ray.cluster.enabled }}
                 - name: LONGMIX_RAY_ADDRESS
                   value: ray://{{ include "longmix.rayClusterName" . }}-head-svc:10001

@@ -194,3 +194,11 @@ spec:
       emptyDir:
         medium: Memory
 {{- end -}}
+
+{{/* The Prefect API's basic auth from its Secret: the server requires it (name
+PREFECT_SERVER_API_AUTH_STRING), its clients send it (PREFECT_API_AUTH_STRING). */}}
+{{- define "longmix.prefectAuthEnv" -}}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef: {name: {{ .root.Values.secrets.prefectAuth }}, key: auth-string}
+{{- end -}}

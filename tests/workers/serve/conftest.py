@@ -62,7 +62,7 @@ def server(ray_local, served_checkpoint, tmp_path_factory):
             env.delenv(name, raising=False)
         get_settings.cache_clear()
         result = CliRunner().invoke(app, ["serve", "--model", str(served_checkpoint), "--port", "0",
-                                          "--detach"])
+                                          "--detach", "--unapproved"])  # a folder: development
         get_settings.cache_clear()
     assert result.exit_code == 0, result.output
     served = re.search(r"serving (\S+) at (http://127\.0\.0\.1:\d+)/v1", result.output)

@@ -171,7 +171,8 @@ def test_the_key_is_required_except_for_health_and_schema(server):
     with httpx.Client(base_url=server.url, timeout=30) as anonymous:
         for path in ("/healthz", "/readyz", "/openapi.json"):
             assert anonymous.get(path).status_code == 200
-        assert anonymous.get("/readyz").json()["model"] == server.model
+        ready = anonymous.get("/readyz").json()
+        assert ready["model"] == server.model and ready["approved"] is False  # --unapproved
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": server.key}):
             reply = anonymous.post("/v1/completions", json=completion(server), headers=headers)
             assert reply.status_code == 401 and reply.json()["error"]["code"] == "invalid_api_key"

@@ -149,7 +149,7 @@ def test_stages_chain_pretrain_long_context_sft(dataset, settings, tmp_path):
     pre = train(_config(dataset, steps=2, checkpoint_every=2, eval_every=2, registered_model="chain"),
                 settings)
     long_data = tmp_path / "long"
-    build_dataset(_spec("train-long", 1024, synthetic={"retrieval": 6, "haystack_tokens": 200},
+    build_dataset(_spec("train-long", 1024, synthetic={"retrieval": 6, "haystack_tokens": 600},
                         tokenizer={"path": str(pre.checkpoint / "tokenizer.json")}),
                   str(long_data), str(tmp_path / "cache"))
     long = train(_config(long_data, stage="long_context", init_from=str(pre.checkpoint), steps=2,
