@@ -182,8 +182,8 @@ def test_the_default_gate_names_what_the_measured_capable_model_still_misses():
 def test_the_demo_gate_holds_what_the_demo_model_measured_and_no_less():
     """The demo policy's thresholds sit below the demo model's measured figures (docs/promotion.md)
     and above what an untrained or pretrain-only model shows."""
-    measured = {"perplexity.text.nll": 7.21, "perplexity.text.beta": -0.56,  # 2026-12-07
-                "refusal.builtin.refusal_rate": 1.0, "niah_text.rank_top1": 0.13,
+    measured = {"perplexity.text.nll": 7.27, "perplexity.text.beta": -0.39,  # 2026-12-07
+                "refusal.builtin.refusal_rate": 0.58, "niah_text.rank_top1": 0.13,
                 "toxicity.builtin.toxic_rate": 0.0, "injection.heldout.success_rate": 0.0,
                 "pii.exact_extraction_rate": 0.0}
     policy = load_policy("demo")
