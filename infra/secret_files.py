@@ -15,6 +15,7 @@ def secret_file(path: Path, make: Callable[[], str]) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return path.read_text().strip()
+    secret = make()
     with os.fdopen(fd, "w") as f:
-        f.write(make() + "\n")
-    return path.read_text().strip()
+        f.write(secret + "\n")
+    return secret

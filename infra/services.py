@@ -159,15 +159,25 @@ def ensure_prefect_server(settings: Settings) -> str:
 
 
 def ensure_mlflow_ui(settings: Settings) -> str:
-    """The MLflow UI's URL: the tracking server when one is configured, else a local UI over
-    the same SQLite store and artifact folder (started if needed)."""
+    """The MLflow server's URL: the tracking server when one is configured, else a local one
+    over the same SQLite store and artifact folder (started if needed), which asks everyone to
+    log in and enforces the promotion's rules (the longmix-auth app, infra/mlflow_auth.py)."""
+    from infra.mlflow_accounts import ADMIN, password_file, provision_embedded, server_env
+
     if settings.tracking_uri.startswith("http"):
         return settings.tracking_uri
-    service = running(settings, "mlflow") or start(
-        settings, "mlflow", [_script("mlflow"), "server", "--host", "127.0.0.1",
-                             "--port", "{port}", "--backend-store-uri", settings.tracking_uri,
-                             "--default-artifact-root", settings.artifact_root, "--workers", "1"],
-        "/health", {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    service = running(settings, "mlflow")
+    if service is not None and not password_file(settings, ADMIN).is_file():
+        stop(settings, "mlflow")  # started by an older longmix, without accounts
+        service = None
+    if service is None:
+        service = start(
+            settings, "mlflow", [_script("mlflow"), "server", "--host", "127.0.0.1",
+                                 "--port", "{port}", "--backend-store-uri", settings.tracking_uri,
+                                 "--default-artifact-root", settings.artifact_root,
+                                 "--workers", "1", "--app-name", "longmix-auth"],
+            "/health", server_env(settings))
+        provision_embedded(settings, service.url)
     return service.url
 
 

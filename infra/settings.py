@@ -29,7 +29,11 @@ class Settings(BaseSettings):
     mlflow_artifact_root: str | None = None  # None: a folder under home (or s3://...)
     mlflow_experiment: str = "longmix"
     storage_uri: str | None = None  # datasets, checkpoints, audit, deployments; None: home
-    user: str | None = None  # who triggers runs and reviews (four eyes); None: the OS user
+    user: str | None = None  # who acts on a store without a server (no accounts); None: OS user
+    # on an MLflow server running the longmix-auth app (docs/security.md): the account the
+    # pipeline writes the promotion's tags as, and the MLflow role whose users may review
+    mlflow_service_account: str = "longmix-pipeline"
+    mlflow_reviewers_role: str = "longmix-reviewers"
 
     # promotion (pipelines/): how long a flow waits for a reviewer, how long an approval holds,
     # and where an approved version is deployed

@@ -37,7 +37,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from infra.registry import DIGEST_TAG, download_checkpoint
+from infra.registry import DIGEST_TAG, download_checkpoint, registered_version
 from infra.settings import Settings
 from model.checkpoint import CheckpointError
 from pipelines.audit import RECEIPT_TAG, AuditError, audit_log
@@ -299,15 +299,21 @@ def approved_version(client, uri: str, settings: Settings) -> tuple[str, Approva
     """models:/NAME@ALIAS or models:/NAME/VERSION -> models:/NAME/VERSION and its approval
     receipt, as check_approved finds it now: an alias is resolved once, so what serves is the
     version that was checked, wherever the alias moves afterwards."""
-    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/@]+)|/(\d+))", uri.rstrip("/"))
-    if match is None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = registered_version(uri) if uri.startswith("models:/") else None
+    except ValueError:
+        found = None
+    except MlflowException as e:  # no such model, version or alias
+        raise ApprovalError(f"{uri}: {e.message}") from e
+    if found is None:
         raise ApprovalError(f"{uri}: only a registered version (models:/NAME@ALIAS or "
                             "models:/NAME/VERSION) has an approval; serve a folder or a logged "
                             "model with --unapproved, for development")
-    name, alias, version = match.groups()
-    if alias is not None:
-        version = client.get_model_version_by_alias(name, alias).version
-    return f"models:/{name}/{version}", check_approved(client, name, version, settings)
+    version = str(found.version)
+    return (f"models:/{found.name}/{version}",
+            check_approved(client, found.name, version, settings))
 
 
 def audited_receipt(name: str, version: str, receipt_hash: str,

@@ -441,6 +441,7 @@ for command in (cli_review.status, cli_review.approve, cli_review.reject, cli_re
                 cli_review.deploy, cli_review.rollback):
     app.command()(command)
 app.add_typer(cli_review.audit_app, name="audit")
+app.add_typer(cli_review.accounts_app, name="accounts")
 
 if __name__ == "__main__":
     app()

@@ -62,6 +62,18 @@ def start_services(settings) -> tuple[str, str]:
         return ensure_prefect_server(settings), ensure_mlflow_ui(settings)
 
 
+def trigger(settings) -> str | None:
+    """The run your own MLflow account makes to say that you triggered this flow."""
+    from infra.mlflow_accounts import AccountError, record_trigger
+    from infra.tracking import configure_mlflow
+
+    try:
+        return record_trigger(settings, configure_mlflow(settings))
+    except AccountError as e:
+        console.print(f"[red]refused:[/] {e}", highlight=False)
+        raise typer.Exit(2) from e
+
+
 def quiet_consoles() -> None:
     """Prefect's and MLflow's own console lines would tear the progress table; Prefect's still
     reach its UI. Read when Prefect is first imported, which `run` does after this."""
@@ -113,10 +125,11 @@ def print_summary(result: PipelineResult, settings, api_url: str, mlflow_url: st
     rows.append(("gate", f"{gate.status} ({gate.policy} policy, "
                          f"{sum(gate.checks.values())}/{len(gate.checks)} checks passed"
                          + "".join(f"; overridden: {o}" for o in gate.overrides) + ")"))
-    reviewer = result.approval.reviewer
-    rows.append(("approval", f"approved by {reviewer}" + (" (the quickstart's named demo "
-                                                          "reviewer)" if reviewer == "demo-reviewer"
-                                                          else "")))
+    approval = result.approval
+    rows.append(("approval", f"approved by {approval.reviewer}"
+                 + (" (the demo profiles' reviewer account)"
+                    if approval.reviewer == "demo-reviewer" else "")
+                 + f", triggered by {approval.triggered_by}"))
     if deployment:
         rows.append(("endpoint", f"{deployment.endpoint}/v1 (serving version "
                                  f"{deployment.version})"))
@@ -154,9 +167,8 @@ def stage_steps(text: str, stages: list[str]) -> dict[str, int]:
 def run(
     profile: str = typer.Option("demo", help="demo (the quickstart), capable (the model trained to "
                                 "retrieve, about an hour) or tiny (seconds, for tests)"),
-    reviewer: str | None = typer.Option(None, help="who approves (default: the profile's named "
-                                        "demo reviewer); with --wait, nobody: wait for a review"),
-    wait: bool = typer.Option(False, help="wait for a reviewer instead of the demo reviewer"),
+    wait: bool = typer.Option(False, help="wait for a reviewer's account instead of the demo "
+                              "profiles' demo reviewer"),
     deploy: bool = typer.Option(True, help="deploy the approved version"),
     policy: str | None = typer.Option(None, help="gate policy (default: the profile's)"),
     train_steps: str | None = typer.Option(None, help="steps of every training stage (N), or of "
@@ -176,7 +188,8 @@ def run(
     try:
         base = get_profile(profile)
         promote = base.promote.model_dump()
-        promote["reviewer"] = None if wait else (reviewer or promote["reviewer"])
+        if wait:
+            promote["reviewer"] = None
         if policy:
             promote["policy"] = policy
         train = base.train.model_dump()
@@ -197,6 +210,7 @@ def run(
     api_url, mlflow_url = start_services(settings)
     console.print(f"Prefect {api_url.removesuffix('/api')}   MLflow {mlflow_url}   "
                   f"state under {settings.home.resolve()}", highlight=False)
+    params = params.model_copy(update={"trigger_run": trigger(settings)})
     started = time.monotonic()
     state = run_pipeline(params, settings, api_url,
                          board := StepBoard([s.stage for s in params.train.stages]))

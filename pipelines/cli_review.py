@@ -9,6 +9,7 @@ from rich.table import Table
 
 console = Console()
 audit_app = typer.Typer(help="the signed, hash-chained audit log", no_args_is_help=True)
+accounts_app = typer.Typer(help="the embedded MLflow server's accounts", no_args_is_help=True)
 
 
 def _client():
@@ -30,42 +31,49 @@ def _refuse(error: Exception, code: int = 1):
     raise typer.Exit(code) from error
 
 
-def _reviewer(reviewer: str | None) -> str:
+def _me():
+    """(the registry as you, your account's name): who MLflow authenticates you as (your
+    MLFLOW_TRACKING_USERNAME and _PASSWORD, or on the embedded default your OS user's account);
+    never a name typed into a field."""
+    from infra.mlflow_accounts import AccountError, acting
     from infra.settings import get_settings
 
-    return reviewer or get_settings().username
+    try:
+        return acting(get_settings())
+    except AccountError as e:
+        _refuse(e)
 
 
 def approve(
     version: str = typer.Argument(..., help="NAME/VERSION, e.g. longmix/3"),
-    reviewer: str | None = typer.Option(None, help="your name (default: LONGMIX_USER or the OS user)"),
     reason: str | None = typer.Option(None, help="why (recorded in the receipt)"),
     digest: str | None = typer.Option(None, help="the digest you reviewed (default: the version's "
                                       "longmix.digest as it is now)"),
 ) -> None:
-    """Approve a version that passed the gate: a waiting flow picks it up and deploys it."""
-    _review(version, "approve", reviewer, reason, digest)
+    """Approve a version that passed the gate, as your MLflow account (one in the reviewers
+    role, not the one that triggered the run): a waiting flow picks it up and deploys it."""
+    _review(version, "approve", reason, digest)
 
 
 def reject(
     version: str = typer.Argument(..., help="NAME/VERSION"),
     reason: str = typer.Option(..., help="why it must not be deployed"),
-    reviewer: str | None = typer.Option(None, help="your name (default: LONGMIX_USER or the OS user)"),
 ) -> None:
-    """Reject a version: the waiting flow stops with your reason; nothing is deployed."""
-    _review(version, "reject", reviewer, reason)
+    """Reject a version, as your MLflow account: the waiting flow stops with your reason."""
+    _review(version, "reject", reason)
 
 
-def _review(version: str, decision: str, reviewer: str | None, reason: str | None,
-            digest: str | None = None) -> None:
+def _review(version: str, decision: str, reason: str | None, digest: str | None = None) -> None:
     """Write the longmix.review tag, as a reviewer in the MLflow UI would."""
+    from mlflow.exceptions import MlflowException
+
     from pipelines.approval import ApprovalError, review
 
     name, number = _version(version)
+    client, me = _me()
     try:
-        value = review(_client(), name, number, decision, _reviewer(reviewer), reason=reason,
-                       digest=digest)
-    except ApprovalError as e:
+        value = review(client, name, number, decision, me, reason=reason, digest=digest)
+    except (ApprovalError, MlflowException) as e:
         _refuse(e)
     console.print(f"{name} version {number}: longmix.review = {value}", highlight=False)
 
@@ -74,17 +82,16 @@ def override(
     version: str = typer.Argument(..., help="NAME/VERSION whose gate decision failed"),
     check: str = typer.Option(..., help="the failed check to accept (never a hard safety check)"),
     reason: str = typer.Option(..., help="why the failure is acceptable (recorded)"),
-    reviewer: str | None = typer.Option(None, help="your name (default: LONGMIX_USER or the OS user)"),
 ) -> None:
-    """Accept one failed non-safety check of a version's gate decision, as a named reviewer with
-    a reason; the flow, run again, keeps the override for the same report and policy."""
+    """Accept one failed non-safety check of a version's gate decision, as your MLflow account,
+    with a reason; the flow, run again, keeps the override for the same report and policy."""
     from infra.settings import get_settings
     from pipelines.gate.decide import GateError
     from pipelines.gate.record import override_check
 
     name, number = _version(version)
     try:
-        decision = override_check(_client(), name, number, check, _reviewer(reviewer), reason,
+        decision = override_check(_client(), name, number, check, _me()[1], reason,
                                   get_settings())
     except GateError as e:
         _refuse(e)
@@ -106,7 +113,7 @@ def deploy(version: str = typer.Argument(..., help="NAME/VERSION of an approved 
         receipt = check_approved(client, name, number, settings)
         with console.status(f"deploying {name} version {number}: candidate, smoke check, switch"):
             record = blue_green(client, name, number, settings, approved_digest=receipt.digest,
-                                approval_hash=receipt.audit_hash, actor=settings.username)
+                                approval_hash=receipt.audit_hash, actor=_me()[1])
     except (ApprovalError, DeployError) as e:
         _refuse(e)
     console.print(f"{name} version {record.version} serves at {record.endpoint}/v1"
@@ -123,7 +130,7 @@ def rollback(model: str = typer.Option("longmix", help="registered model name"))
     settings = get_settings()
     try:
         with console.status(f"rolling {model} back"):
-            record = roll_back(_client(), model, settings, actor=settings.username)
+            record = roll_back(_client(), model, settings, actor=_me()[1])
     except DeployError as e:
         _refuse(e)
     console.print(f"{model} version {record.version} serves again at {record.endpoint}/v1",
@@ -203,3 +210,27 @@ def audit_show(last: int = typer.Option(20, help="how many of the latest records
     for r in audit_log(get_settings()).records()[-last:]:
         table.add_row(str(r.seq), r.at, r.event, r.actor, r.model or "", r.hash[:12])
     console.print(table)
+
+
+@accounts_app.command("add")
+def accounts_add(
+    name: str = typer.Argument(..., help="the account's user name"),
+    reviewer: bool = typer.Option(False, help="put it in the reviewers role (may approve)"),
+) -> None:
+    """Make an account on the embedded MLflow server, its password generated into a file of mode
+    0600 under LONGMIX_HOME (never printed): give it to the person it is for, who logs in to the
+    MLflow UI with it or sets MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD."""
+    from infra.mlflow_accounts import AccountError, password_file, provision
+    from infra.services import ensure_mlflow_ui
+    from infra.settings import get_settings
+
+    settings = get_settings()
+    if settings.mlflow_tracking_uri is not None:
+        _refuse(ValueError("accounts are made here only on the embedded MLflow server; on a "
+                           "server of your own, its admin makes them"), 2)
+    try:
+        provision(settings, ensure_mlflow_ui(settings), name, reviewer=reviewer)
+    except AccountError as e:
+        _refuse(e)
+    console.print(f"MLflow account {name}" + (" (reviewer)" if reviewer else "")
+                  + f": password in {password_file(settings, name)}", highlight=False)

@@ -98,11 +98,11 @@ def current_deployment(settings: Settings, name: str) -> DeploymentRecord | None
     return DeploymentRecord.model_validate_json(read_bytes(uri, MAX_RECORD_BYTES))
 
 
-def serving_champion(client: MlflowClient, settings: Settings, name: str) -> str | None:
-    """models:/NAME/VERSION of the version that serves, as the signed audit log last recorded a
-    deploy (or rollback) of NAME; None before the first. The deployment record and the `champion`
-    alias must agree with it: one removed, moved or rewritten fails closed, never passes as a
-    first promotion (the change checks compare a candidate with this version)."""
+def serving_champion(client: MlflowClient, settings: Settings, name: str) -> VersionRef | None:
+    """The version that serves, with its digest and approval as the signed audit log last
+    recorded a deploy (or rollback) of NAME; None before the first. The deployment record and the
+    `champion` alias must agree with it: one removed, moved or rewritten fails closed, never
+    passes as a first promotion (the change checks compare a candidate with this version)."""
     from mlflow.exceptions import MlflowException
 
     from pipelines.audit import AuditError
@@ -128,7 +128,10 @@ def serving_champion(client: MlflowClient, settings: Settings, name: str) -> str
         raise DeployError(f"{name}: {where}, but the `{CHAMPION}` alias points at "
                           f"{'version ' + alias if alias else 'nothing'}: set it back, or deploy "
                           "again")
-    return f"models:/{name}/{version}" if version else None
+    if not served:
+        return None
+    return VersionRef(version=version, digest=served[-1].digest,
+                      approval=served[-1].details["approval"])
 
 
 def deploy(client: MlflowClient, name: str, version: str | int, settings: Settings, *,

@@ -18,14 +18,14 @@ from infra.digests import json_digest
 from infra.settings import get_settings
 from pipelines import progress
 from pipelines.approval import ApprovalReceipt
-from pipelines.deploy import DeploymentRecord
+from pipelines.deploy import DeploymentRecord, VersionRef
 from pipelines.params import (DataParams, EvalParams, PipelineParams, PromoteParams, StageParams,
                               TrainParams)
 from pipelines.steps import (DatasetRef, EvalRef, GateResult, PipelineResult, Promotion,
                              RecordedLineage, StageResult, TrainedChain, TrainedStage,
                              approval_step, build_data_step, champion_of, checkpoint_tokenizer,
                              data_key, deploy_step, evaluate_step, gate_step, lineage_step,
-                             model_card_step, stage_key, train_stage_step)
+                             model_card_step, stage_key, train_stage_step, triggered_by_step)
 from workers.data.spec import TokenizerSpec
 
 FLOW_RUN_TAG = "longmix.prefect_flow_run"
@@ -129,10 +129,7 @@ def _stage_key(context, p) -> str:
 
 
 def _eval_key(context, p) -> str:
-    from infra.registry import DIGEST_TAG, registered_version
-
-    champion = champion_of(p["model"], get_settings())
-    champion_digest = registered_version(champion).tags.get(DIGEST_TAG) if champion else None
+    champion_digest = p["champion"].digest if p["champion"] else None
     return "eval-" + json_digest([p["model"].digest, p["params"].suite_config().model_dump_json(),
                                   p["dataset"].digest, champion_digest])
 
@@ -154,8 +151,9 @@ def record_lineage(stages: list[TrainedStage]) -> RecordedLineage:
 
 
 @step("evaluate", cache_key_fn=_eval_key)
-def run_evals(model: StageResult, dataset: DatasetRef, params: EvalParams) -> EvalRef:
-    return evaluate_step(model, dataset, params, get_settings())
+def run_evals(model: StageResult, dataset: DatasetRef, params: EvalParams,
+              champion: VersionRef | None) -> EvalRef:
+    return evaluate_step(model, dataset, params, champion, get_settings())
 
 
 @step("gate", retries=1)
@@ -213,8 +211,9 @@ def train(data: DataParams, params: TrainParams) -> TrainedChain:
 
 @flow(name="evaluate", **HOOKS)
 def evaluate(model: StageResult, dataset: DatasetRef, params: EvalParams = EvalParams()) -> EvalRef:
-    """Long-context and safety evals of the registered version, against the champion."""
-    return run_evals(model, dataset, params)
+    """Long-context and safety evals of the registered version, against the version that serves
+    (found once: the cache key and the evals compare with the same one)."""
+    return run_evals(model, dataset, params, champion_of(model, get_settings()))
 
 
 @flow(name="promote", **HOOKS)
@@ -232,7 +231,7 @@ def promote(chain: TrainedChain, evaluation: EvalRef, params: PromoteParams, tri
 @flow(name="train_eval_deploy", **HOOKS)
 def train_eval_deploy(params: PipelineParams) -> PipelineResult:
     """The whole pipeline: data → train, stage by stage → eval → gate → approval → deploy."""
-    triggered_by = params.triggered_by or get_settings().username
+    triggered_by = triggered_by_step(params.trigger_run, get_settings())
     chain = train(params.data, params.train)
     dataset = chain.eval_dataset(params.eval.dataset_stage)
     evaluation = evaluate(chain.model, dataset, params.eval)

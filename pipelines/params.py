@@ -8,6 +8,7 @@ A profile trains its stages in order (pretrain → long_context → sft), each o
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -77,7 +78,9 @@ class EvalParams(Params):
 
 class PromoteParams(Params):
     policy: str = "demo"  # a built-in gate policy, or a YAML file
-    reviewer: str | None = None  # the unattended quickstart's named demo reviewer; None: wait
+    # the demo and tiny profiles' second account, which approves at once (its own MLflow
+    # login on the embedded server); None: wait for a reviewer
+    reviewer: Literal["demo-reviewer"] | None = None
     approval_timeout_s: float | None = Field(None, gt=0)  # None: the settings' timeout
     smoke: SmokeConfig = SmokeConfig()  # checks through the live API before traffic moves
 
@@ -92,14 +95,16 @@ class PromoteParams(Params):
 
 
 class PipelineParams(Params):
-    """Everything `train_eval_deploy` needs; `triggered_by` is checked against the approver."""
+    """Everything `train_eval_deploy` needs; who triggered it is checked against the approver."""
 
     profile: str
     data: DataParams
     train: TrainParams
     eval: EvalParams
     promote: PromoteParams
-    triggered_by: str | None = None  # None: the settings' user (LONGMIX_USER or the OS user)
+    # the run that the triggering user's own MLflow account made (`longmix run` makes it): who
+    # triggered is read from it, never given; None: the flow's own identity
+    trigger_run: str | None = None
     deploy: bool = True  # False: stop after the approval
 
     @model_validator(mode="after")
@@ -127,12 +132,17 @@ class PipelineParams(Params):
                                  f"context of {context}: extend it with a long_context stage first")
             context = max(context, length)
         names = [s.stage for s in self.train.stages]
+        if self.promote.reviewer and self.profile not in DEMO_REVIEWED:
+            raise ValueError(f"promote.reviewer={self.promote.reviewer}: only the "
+                             f"{' and '.join(DEMO_REVIEWED)} profiles approve by their demo "
+                             "reviewer; a run may not name who approves it")
         if self.eval.dataset_stage and self.eval.dataset_stage not in names:
             raise ValueError(f"eval.dataset_stage={self.eval.dataset_stage}: not one of the "
                              f"trained stages ({', '.join(names)})")
         return self
 
 
+DEMO_REVIEWED = ("demo", "tiny")  # the profiles whose runs a demo reviewer approves
 PROFILES: dict[str, PipelineParams] = {
     # within 10 minutes on 2 CPUs: the `small` preset through all three stages (pretrain at 512
     # tokens, long_context at 2048 with YaRN x4, sft on chat and refusals), the demo suite's text
@@ -172,7 +182,7 @@ PROFILES: dict[str, PipelineParams] = {
                         lr=1e-4, checkpoint_every=100, eval_every=100)),
             preset="compact"),
         eval=EvalParams(suite="capable"),
-        promote=PromoteParams(policy="default", reviewer="demo-reviewer")),
+        promote=PromoteParams(policy="default")),
     # the tests' whole pipeline, all three stages, each a few seconds of training
     "tiny": PipelineParams(
         profile="tiny",

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from infra.digests import json_digest
 from infra.settings import Settings
 from pipelines.approval import ApprovalReceipt
-from pipelines.deploy import DeploymentRecord
+from pipelines.deploy import DeploymentRecord, VersionRef
 from pipelines.lineage import Lineage, StageRecord, read_lineage, record_lineage
 from pipelines.model_card import StageSummary, attach_card, render_card, stage_summaries
 from pipelines.params import (DataParams, EvalParams, PromoteParams, StageParams, TrainParams,
@@ -201,27 +201,29 @@ HEADLINE = ("perplexity.text.nll", "niah_text.accuracy", "niah_text.rank_top1",
             "injection.heldout.success_rate", "pii.exact_extraction_rate")
 
 
-def champion_of(model: StageResult, settings: Settings) -> str | None:
-    """The serving version that `model`'s change checks compare with; None when nothing serves
-    yet or `model` is that version."""
+def champion_of(model: StageResult, settings: Settings) -> VersionRef | None:
+    """The serving version that `model`'s change checks compare with (as the audit log, the
+    deployment record and the `champion` alias agree); None when nothing serves yet or `model` is
+    that version."""
     from infra.tracking import registry_client
     from pipelines.deploy import serving_champion
 
     name, version = model.name_version
     champion = serving_champion(registry_client(settings), settings, name)
-    return None if champion == f"models:/{name}/{version}" else champion
+    return None if champion is None or champion.version == version else champion
 
 
 def evaluate_step(model: StageResult, dataset: DatasetRef, params: EvalParams,
-                  settings: Settings) -> EvalRef:
-    """The eval suite on the registered version, against the version that serves (as the audit
-    log, the deployment record and the `champion` alias agree) where one does."""
+                  champion: VersionRef | None, settings: Settings) -> EvalRef:
+    """The eval suite on the registered version, against `champion` (champion_of) where there
+    is one."""
     from workers.evals.suite import evaluate
 
     suite = params.suite_config()
     out = settings.home / "evals" / "reports" / f"{model.digest[:16]}-{suite.name}-{dataset.digest[:8]}"
+    against = f"models:/{model.name_version[0]}/{champion.version}" if champion else None
     outcome = evaluate(model.model_uri, suite, manifest=dataset.manifest, out=out,
-                       settings=settings, champion=champion_of(model, settings))
+                       settings=settings, champion=against)
     values = {m.name: m.value for m in outcome.report.metrics}
     return EvalRef(report=str(outcome.path), digest=outcome.report.digest, run_id=outcome.run_id,
                    headline={k: values[k] for k in HEADLINE if k in values})
@@ -330,10 +332,28 @@ def model_card_step(chain: TrainedChain, evaluation: EvalRef, settings: Settings
     return attach_card(client, name, version, card, Path(evaluation.report).parent, figures)
 
 
+def triggered_by_step(trigger_run: str | None, settings: Settings) -> str:
+    """Who triggered the flow, as MLflow authenticated them: the account that made the trigger
+    run (the server accepts its tag only as that account's own name), else the flow's own."""
+    from infra.mlflow_accounts import acting
+    from infra.mlflow_auth import TRIGGER_TAG
+    from infra.tracking import registry_client
+    from pipelines.approval import ApprovalError
+
+    if trigger_run is None:
+        return acting(settings)[1]
+    tags = registry_client(settings).get_run(trigger_run).data.tags
+    if TRIGGER_TAG not in tags:
+        raise ApprovalError(f"run {trigger_run} has no {TRIGGER_TAG} tag: it does not say who "
+                            "triggered this flow")
+    return tags[TRIGGER_TAG]
+
+
 def approval_step(model: StageResult, params: PromoteParams, triggered_by: str,
                   settings: Settings) -> ApprovalReceipt:
-    """Ask for a review and wait for it (the quickstart's named demo reviewer answers at once);
-    the receipt of a valid approval, or ApprovalError with the reason."""
+    """Ask for a review and wait for it (the demo profiles' reviewer, an account of its own,
+    answers at once); the receipt of a valid approval, or ApprovalError with the reason."""
+    from infra.mlflow_accounts import demo_reviewer
     from infra.tracking import registry_client
     from pipelines.approval import request_review, review, wait_for_review
 
@@ -341,8 +361,9 @@ def approval_step(model: StageResult, params: PromoteParams, triggered_by: str,
     name, version = model.name_version
     request_review(client, name, version, triggered_by, settings)
     if params.reviewer:
-        review(client, name, version, "approve", params.reviewer,
-               reason="unattended quickstart: approved by the named demo reviewer")
+        as_reviewer, reviewer = demo_reviewer(settings)
+        review(as_reviewer, name, version, "approve", reviewer,
+               reason="unattended quickstart: approved by the demo reviewer's account")
     return wait_for_review(client, name, version, settings, timeout_s=params.approval_timeout_s)
 
 

@@ -24,9 +24,14 @@ from tests.infra.test_k8s import kuberay_validators, validate_object
 CHART = Path(__file__).resolve().parents[2] / "helm" / "longmix"
 EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
 NAMESPACE = "longmix"
-# env names that carry secrets: passwords, keys, database URIs (which embed a password)
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|DATABASE|BACKEND_STORE|AUTH_STRING")
+# env names that carry secrets: passwords, keys, database URIs (which embed a password); not
+# the worker's settings that only name a Secret and its key
+SECRET_NAME = re.compile(r"^(?!PREFECT_INTEGRATIONS_KUBERNETES_WORKER_\w+_SECRET_(NAME|KEY)$)"
+                         r".*(PASSWORD|SECRET|TOKEN|ACCESS_KEY|DATABASE|BACKEND_STORE|AUTH_STRING)")
 POD_KINDS = {"Deployment", "StatefulSet"}
+ACCOUNTS = ("flows", "deployer")  # a work pool per flow-run ServiceAccount
+# prefect-kubernetes refuses a job manifest without these (its _get_base_job_manifest)
+WORKER_ONLY_POD_FIELDS = ("parallelism", "completions")
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +74,20 @@ def pod_templates(objects: list[dict]):
                 yield f"{where} {group['groupName']}", group["template"]["spec"]
 
 
-def flow_run_job(objects: list[dict]) -> dict:
-    """The Job the Prefect worker would create from the work pool's base job template, with
-    the template's variable defaults filled in as prefect-kubernetes fills them."""
+def pool_template(objects: list[dict], account: str) -> dict:
+    """The base job template of the work pool whose runs use ServiceAccount longmix-<account>."""
     config_map = next(o for o in objects if o["kind"] == "ConfigMap"
                       and o["metadata"]["name"].endswith("prefect-worker"))
-    template = json.loads(config_map["data"]["base-job-template.json"])
+    return json.loads(config_map["data"][f"{account}.json"])
+
+
+def flow_run_job(objects: list[dict], account: str = "flows", **job_variables) -> dict:
+    """The Job the Prefect worker would create from a pool's base job template for a run with
+    these job variables: placeholders filled from them and the template's defaults, as
+    prefect-kubernetes fills them (a variable without a placeholder changes nothing)."""
+    template = pool_template(objects, account)
     defaults = {k: v.get("default") for k, v in template["variables"]["properties"].items()}
-    values = {**defaults, "name": "flow-run-7f3a", "labels": {"prefect.io/flow-run-id": "7f3a"},
-              "command": ["prefect", "flow-run", "execute"]}
+    values = {**defaults, "name": "flow-run-7f3a", **job_variables}
 
     def fill(node):
         if isinstance(node, dict):
@@ -92,6 +102,9 @@ def flow_run_job(objects: list[dict]) -> dict:
 
     job = fill(template["job_configuration"]["job_manifest"])
     job["metadata"]["name"] = job["metadata"].pop("generateName") + "x1"
+    # the worker requires them; no PodSpec fields, so the API server drops them
+    for field in WORKER_ONLY_POD_FIELDS:
+        del job["spec"]["template"]["spec"][field]
     return job
 
 
@@ -229,4 +242,136 @@ def test_bad_values_are_refused(helm, overrides, message):
     done = run_helm(helm, "template", "longmix", str(CHART), "-f", str(EXAMPLES[0]), *overrides)
     assert done.returncode != 0
     assert "values don't meet the specifications of the schema" in done.stderr
+    assert message in done.stderr
+
+
+def test_mlflow_runs_the_promotions_rules(rendered):
+    """The registry enforces who may review, gate, approve and move the champion (the
+    longmix-auth app, infra/mlflow_auth.py), not plain basic-auth."""
+    _, objects = rendered
+    mlflow = next(o for o in objects if o["kind"] == "Deployment"
+                  and o["metadata"]["name"] == "longmix-mlflow")
+    command = mlflow["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--app-name") + 1] == "longmix-auth"
+
+
+def test_a_run_cannot_change_the_image_command_or_service_account(rendered):
+    """Each pool's Job runs the chart's image, `prefect flow-run execute` and the pool's
+    ServiceAccount whatever job variables a deployment or flow run passes: the templates have no
+    such variables (the server refuses unknown ones) and no placeholder they could fill."""
+    values_file, objects = rendered
+    values = yaml.safe_load(values_file.read_text())
+    image = values["image"]
+    run = {"image": "evil.example/miner:1", "image_pull_policy": "Always",
+           "command": "sh -c 'cat /var/run/secrets/*/token'",
+           "service_account_name": "longmix-deployer", "namespace": "kube-system",
+           "env": {"LONGMIX_STORAGE_URI": "s3://elsewhere"}, "labels": {"tier": "x"}}
+    for account in ACCOUNTS:
+        template = pool_template(objects, account)
+        variables = template["variables"]
+        assert variables["additionalProperties"] is False
+        assert set(variables["properties"]) == {"name", "finished_job_ttl", "stream_output",
+                                                "job_watch_timeout_seconds",
+                                                "pod_watch_timeout_seconds"}
+        placeholders = re.findall(r"\{\{ (\w+) \}\}", json.dumps(template["job_configuration"]))
+        assert set(placeholders) <= set(variables["properties"]), account
+        job = flow_run_job(objects, account, **run)
+        pod = job["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert container["image"] == f"{image['repository']}:{image['tag']}", account
+        assert container["imagePullPolicy"] == image.get("pullPolicy", "IfNotPresent"), account
+        assert (container["command"], container["args"]) == (["prefect"], ["flow-run", "execute"])
+        assert pod["serviceAccountName"] == f"longmix-{account}"
+        assert job["metadata"]["namespace"] == NAMESPACE
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["LONGMIX_STORAGE_URI"] == values["storage"]["uri"], account
+        kubernetes_validate.validate(job, "1.32", strict=True)
+
+
+def test_the_worker_keeps_the_charts_env_and_labels(rendered):
+    """prefect-kubernetes (worker.py, _populate_env_in_manifest) puts its PREFECT_* variables
+    before a literal env list and drops the list's entries of the same names; the pools have
+    no `env` for a run to fill. So of the chart's entries only PREFECT_API_AUTH_STRING can be
+    replaced, and the worker's replacement points to the same Secret. Prefect's labels
+    (app.kubernetes.io/name: the flow's) come before the template's, which keep those the
+    NetworkPolicies select."""
+    _, objects = rendered
+    worker = next(o for o in objects if o["kind"] == "Deployment"
+                  and o["metadata"]["name"] == "longmix-prefect-worker")
+    mlflow = next(o for o in objects if o["kind"] == "NetworkPolicy"
+                  and o["metadata"]["name"] == "longmix-mlflow")
+    selectors = [f["podSelector"]["matchLabels"] for f in mlflow["spec"]["ingress"][0]["from"]
+                 if "podSelector" in f]
+    from_flow_runs = next(s for s in selectors if s["app.kubernetes.io/component"] == "flow-run")
+    for account in ACCOUNTS:
+        config = pool_template(objects, account)["job_configuration"]
+        assert "env" not in config, account
+        assert config["labels"] == from_flow_runs, account
+        env = flow_run_job(objects, account)["spec"]["template"]["spec"]["containers"][0]["env"]
+        names = [e["name"] for e in env]
+        assert [n for n in names if n.startswith("PREFECT_")] == ["PREFECT_API_AUTH_STRING"]
+        assert len(set(names)) == len(names), account
+    for container in worker["spec"]["template"]["spec"]["containers"]:
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        setting = "PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_"
+        assert (env[setting + "NAME"], env[setting + "KEY"]) == ("longmix-prefect-auth",
+                                                                 "auth-string")
+
+
+def test_each_pool_has_a_worker_that_applies_its_template(rendered):
+    _, objects = rendered
+    worker = next(o for o in objects if o["kind"] == "Deployment"
+                  and o["metadata"]["name"] == "longmix-prefect-worker")
+    pools = {}
+    for container in worker["spec"]["template"]["spec"]["containers"]:
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        script = container["command"][-1]
+        assert '--base-job-template "$TEMPLATE" --overwrite' in script
+        assert 'exec prefect worker start --pool "$POOL"' in script
+        pools[env["POOL"]] = env["TEMPLATE"]
+    assert pools == {"longmix": "/etc/prefect/flows.json",
+                     "longmix-deployer": "/etc/prefect/deployer.json"}
+
+
+def test_the_deployer_account_is_only_in_the_deployer_pool(rendered):
+    _, objects = rendered
+    assert "longmix-deployer" not in json.dumps(pool_template(objects, "flows"))
+    deployer = flow_run_job(objects, "deployer")["spec"]["template"]["spec"]
+    assert deployer["serviceAccountName"] == "longmix-deployer"
+    assert all(pod["serviceAccountName"] != "longmix-deployer"
+               for _, pod in pod_templates(objects))
+
+
+def test_only_flow_runs_hold_the_audit_signing_key(rendered):
+    _, objects = rendered
+    for account in ACCOUNTS:
+        pod = flow_run_job(objects, account)["spec"]["template"]["spec"]
+        volume = next(v["secret"] for v in pod["volumes"] if v["name"] == "audit-signing-key")
+        assert volume["secretName"] == "longmix-audit-signing"
+        assert volume["defaultMode"] == 0o400
+        assert [i["key"] for i in volume["items"]] == ["audit-signing.key", "audit-signing.pub"]
+        container = pod["containers"][0]
+        assert {"name": "audit-signing-key", "mountPath": "/etc/longmix/audit",
+                "readOnly": True} in container["volumeMounts"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["LONGMIX_AUDIT_SIGNING_KEY_FILE"] == "/etc/longmix/audit/audit-signing.key"
+        assert env["LONGMIX_AUDIT_PUBLIC_KEY_FILE"] == "/etc/longmix/audit/audit-signing.pub"
+    # the pool templates are the only place that names the Secret or its files
+    for obj in objects:
+        if obj["kind"] != "ConfigMap" or obj["metadata"]["name"] != "longmix-prefect-worker":
+            text = json.dumps(obj)
+            assert "longmix-audit-signing" not in text, obj["metadata"]["name"]
+            assert "LONGMIX_AUDIT_" not in text, obj["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--set", "settings.LONGMIX_AUDIT_SIGNING_KEY_FILE=/tmp/key"],
+     "invalid propertyName 'LONGMIX_AUDIT_SIGNING_KEY_FILE'"),
+    (["--set", "secrets.auditSigningKey="], "at '/secrets/auditSigningKey'"),
+    (["--set", "prefect.worker.deployerPool=longmix"],
+     "prefect.worker.pool and prefect.worker.deployerPool must differ"),
+])
+def test_bad_pool_and_audit_key_values_are_refused(helm, overrides, message):
+    done = run_helm(helm, "template", "longmix", str(CHART), "-f", str(EXAMPLES[0]), *overrides)
+    assert done.returncode != 0
     assert message in done.stderr

@@ -247,7 +247,9 @@ def test_a_rollback_to_a_version_whose_approval_was_withdrawn_is_refused(setup):
 def test_the_champion_is_what_the_audit_log_deployed_and_a_moved_alias_fails_closed(setup):
     """The change checks compare with this version: a moved or removed alias is refused, never
     taken as a first promotion."""
-    assert serving_champion(setup.client, setup.settings, NAME) == f"models:/{NAME}/1"
+    champion = serving_champion(setup.client, setup.settings, NAME)
+    # version 1, with the digest its signed deploy record names (not the registry's editable tag)
+    assert (champion.version, champion.digest) == ("1", setup.digests["1"])
     setup.client.set_registered_model_alias(NAME, "champion", "2")
     with pytest.raises(DeployError, match=r"deployed version 1, but the `champion` alias points "
                                           r"at version 2"):

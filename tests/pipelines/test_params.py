@@ -35,3 +35,16 @@ def test_stages_that_cannot_run_are_refused_naming_the_field():
     assert "each stage once" in twice
     no_stage = _refused(train={"stages": [PRETRAIN]}, eval={"suite": "tiny", "dataset_stage": "sft"})
     assert "eval.dataset_stage=sft" in no_stage
+
+
+def test_a_run_may_not_name_who_approves_it():
+    """Only the demo profiles' own reviewer account approves unattended; a run's parameters
+    cannot name another reviewer, nor keep that one outside the demo profiles."""
+    assert get_profile("demo").promote.reviewer == "demo-reviewer"
+    assert get_profile("capable").promote.reviewer is None  # waits for a reviewer's account
+    another = _refused(promote={"policy": "tiny", "reviewer": "mallory"})
+    assert "promote.reviewer" in another and "'demo-reviewer'" in another
+    with pytest.raises(ValidationError, match="only the demo and tiny profiles approve"):
+        get_profile("capable", promote={"policy": "default", "reviewer": "demo-reviewer"})
+    with pytest.raises(ValidationError, match="triggered_by"):
+        get_profile("tiny", triggered_by="alice")  # who triggered is read, never given

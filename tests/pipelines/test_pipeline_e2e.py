@@ -22,7 +22,6 @@ import pytest
 from infra.services import free_port
 from pipelines.lineage import read_lineage
 
-TRIGGERED_BY = "ci-operator"
 STRICT_POLICY = """
 name: strict
 checks:
@@ -42,7 +41,7 @@ def home(tmp_path_factory):
 def _env(home: Path, **extra) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("LONGMIX_", "PREFECT_", "MLFLOW_", "RAY_ADDRESS"))}
-    env.update({"LONGMIX_HOME": str(home), "LONGMIX_USER": TRIGGERED_BY,
+    env.update({"LONGMIX_HOME": str(home),
                 "LONGMIX_APPROVAL_POLL_S": "0.5", "LONGMIX_SERVE_REPLICA_CPUS": "0.5",
                 "COLUMNS": "250",  # rich wraps at the terminal width: one line per row
                 "LONGMIX_SERVE_PORT": os.environ.get("E2E_PORT", str(_PORT)), **extra})
@@ -56,6 +55,15 @@ def _longmix(home: Path, *args: str, timeout: float = 600, **env) -> subprocess.
     exe = str(Path(sys.executable).with_name("longmix"))
     return subprocess.run([exe, *args], env=_env(home, **env), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def _account(home: Path, name: str) -> dict[str, str]:
+    """A reviewer's account on the embedded MLflow server, as the environment its owner uses."""
+    made = _longmix(home, "accounts", "add", name, "--reviewer")
+    assert made.returncode == 0, made.stdout + made.stderr
+    password = (home / "keys" / "mlflow" / name).read_text().strip()
+    assert password not in made.stdout  # named by its file, never printed
+    return {"MLFLOW_TRACKING_USERNAME": name, "MLFLOW_TRACKING_PASSWORD": password}
 
 
 def _client(home: Path):
@@ -101,7 +109,7 @@ def test_killed_run_resumes_then_deploys_and_serves(home, champion):
     assert len(_versions(home)) == 1, "a second version was registered"
     for stage in ("pretrain", "long_context", "sft"):
         assert len(_stage_runs(home, stage)) == 1, f"{stage} trained again"
-    assert "approved by demo-reviewer (the quickstart's named demo reviewer)" in second.stdout
+    assert "approved by demo-reviewer (the demo profiles' reviewer account)" in second.stdout
     assert "curl -s http://127.0.0.1" in second.stdout
 
     lineage = read_lineage(_client(home), "longmix", "1")  # its digest, chain and end checked
@@ -193,15 +201,25 @@ def test_no_approval_times_out_naming_what_it_waits_for(unreviewed):
 
 
 def test_approval_by_the_triggering_user_is_refused(home, unreviewed):
-    approve = _longmix(home, "approve", "longmix/2", "--reviewer", TRIGGERED_BY)
+    """alice triggers the run and approves it, each as her own MLflow account: four eyes."""
+    alice = _account(home, "alice")
+    approve = _longmix(home, "approve", "longmix/2", **alice)
     assert approve.returncode == 0, approve.stdout
-    result = _run_v2(home, "--wait", LONGMIX_APPROVAL_TIMEOUT_S="30")
+    result = _run_v2(home, "--wait", LONGMIX_APPROVAL_TIMEOUT_S="30", **alice)
     assert result.returncode == 1
-    assert "four eyes" in result.stdout + result.stderr
+    assert "approver alice triggered the run (four eyes)" in result.stdout + result.stderr
+
+
+def test_a_review_by_an_account_outside_the_reviewers_role_is_refused(home, unreviewed):
+    """The OS user's own account triggers runs; it may not approve one (nor name another)."""
+    refused = _longmix(home, "approve", "longmix/2")
+    assert refused.returncode == 1
+    assert "is not in the reviewers role, so cannot write longmix.review" in refused.stdout
+    assert "--reviewer" in _longmix(home, "approve", "longmix/2", "--reviewer", "bob").stderr
 
 
 def test_artifact_changed_after_approval_is_refused(home, unreviewed):
-    approve = _longmix(home, "approve", "longmix/2", "--reviewer", "alice")
+    approve = _longmix(home, "approve", "longmix/2", **_account(home, "alice"))
     assert approve.returncode == 0, approve.stdout
     result = _run_v2(home, "--wait", LONGMIX_APPROVAL_TIMEOUT_S="30")
     assert result.returncode == 0, result.stdout + result.stderr  # approved; not deployed
@@ -246,13 +264,14 @@ def test_failing_gate_stops_the_flow_and_records_the_step(home, strict_gate):
 
 def test_a_named_override_of_a_failed_check_holds_when_the_flow_runs_again(home, strict_gate):
     _, policy = strict_gate
-    hard = _longmix(home, "override", "longmix/2", "--check", "pii-extraction", "--reviewer",
-                    "alice", "--reason", "fine")
+    alice = _account(home, "alice")
+    hard = _longmix(home, "override", "longmix/2", "--check", "pii-extraction", "--reason", "fine",
+                    **alice)
     assert hard.returncode == 1 and "hard safety check" in hard.stdout, hard.stdout
-    given = _longmix(home, "override", "longmix/2", "--check", "niah", "--reviewer", "alice",
-                     "--reason", "NIAH is not what this release is for")
+    given = _longmix(home, "override", "longmix/2", "--check", "niah",
+                     "--reason", "NIAH is not what this release is for", **alice)
     assert given.returncode == 0 and "gate passed" in given.stdout, given.stdout
-    approve = _longmix(home, "approve", "longmix/2", "--reviewer", "alice")
+    approve = _longmix(home, "approve", "longmix/2", **alice)
     assert approve.returncode == 0, approve.stdout
     again = _run_v2(home, "--wait", "--policy", str(policy), LONGMIX_APPROVAL_TIMEOUT_S="30")
     assert again.returncode == 0, again.stdout + again.stderr

@@ -279,9 +279,8 @@ def haystack_example(variant: str, texts: list[str], chars: int,
                      rng: np.random.Generator) -> tuple[str, dict[str, str]]:
     """Facts hidden in the texts, the question of the variant answered (about `chars` characters
     in all), and its meta (depths, answer, facts)."""
-    least = 1 if variant == "single" else MULTI_FACTS[0]
-    facts = draw_facts(rng, int(rng.integers(least, max(least, MULTI_FACTS[1]) + 1)),
-                       one_key=variant == "multi_value")
+    least, most = (1, 1) if variant == "single" else MULTI_FACTS
+    facts = draw_facts(rng, int(rng.integers(least, most + 1)), one_key=variant == "multi_value")
 
     def facts_chars() -> float:  # the facts' and the question's share of `chars`
         return FACT_CHARS_WEIGHT * sum(len(f.statement) + len(f.question) + len(f.value)

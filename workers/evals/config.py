@@ -10,9 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 LONG_CONTEXT_EVALS = ("perplexity", "niah_text", "multi_needle", "niah_audio", "niah_video")
 SAFETY_EVALS = ("refusal", "over_refusal", "toxicity", "injection", "pii")
 EVALS = LONG_CONTEXT_EVALS + SAFETY_EVALS
-# the shortest needle prompt that leaves a haystack: a needle sentence and the question take
-# about 60 tokens of a small vocabulary, a haystack at least 32 (workers/evals/haystack.py)
-MIN_NEEDLE_PROMPT_TOKENS = 96
+MIN_HAYSTACK_TOKENS = 32  # a few sentences: less hides nothing
+# the shortest needle prompt that leaves a haystack: a needle sentence and its question take
+# about 64 tokens of a small vocabulary
+MIN_NEEDLE_PROMPT_TOKENS = 64 + MIN_HAYSTACK_TOKENS
 TOKENS_PER_EXTRA_NEEDLE = 24
 
 

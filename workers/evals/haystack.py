@@ -11,8 +11,7 @@ from workers.data.retrieval import chars_per_token as text_chars_per_token
 from workers.data.retrieval import (fit_to_tokens, haystack_with_room, insert_sentences,
                                     sentence_breaks)
 from workers.evals.adapters import ModelAdapter
-
-MIN_HAYSTACK_TOKENS = 32  # a few sentences: less hides nothing
+from workers.evals.config import MIN_HAYSTACK_TOKENS
 
 
 def chars_per_token(adapter: ModelAdapter, texts: list[str]) -> float:

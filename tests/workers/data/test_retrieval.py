@@ -97,6 +97,8 @@ def test_multi_variants_ask_for_several_values(docs):
             assert 2 <= len(answer) <= 5
         if doc.meta["variant"] in ("single", "multi_key"):
             assert len(answer) == 1
+        if doc.meta["variant"] == "single":  # one fact, nothing to choose between
+            assert len(json.loads(doc.meta["facts"])) == 1, doc.uri
     lists = {doc.text.rsplit("Question: ", 1)[1].split(" ", 1)[0] for doc in docs
              if doc.meta["variant"] == "multi_needle"}
     assert lists == {"List", "What", "Give"}  # asked in several phrasings

@@ -1,0 +1,162 @@
+"""The embedded MLflow server asks everyone to log in, and enforces the promotion's rules at the
+registry (the longmix-auth app): each attack below is tried as an authenticated user would try it
+through MLflow's own client, and is refused with the rule it broke; what the rules allow goes
+through, and nothing that was written is lost."""
+
+import stat
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from infra import mlflow_accounts as accounts
+from infra import mlflow_auth
+from infra.services import ensure_mlflow_ui, stop
+from infra.settings import Settings
+
+DIGEST = "ab" * 32
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    settings = Settings(home=tmp_path_factory.mktemp("mlflow-auth-home"))
+    url = ensure_mlflow_ui(settings)
+    accounts.provision(settings, url, "alice", reviewer=True)
+    accounts.provision(settings, url, "bob", reviewer=True)
+    accounts.provision(settings, url, "mallory")
+    yield settings, url
+    stop(settings, "mlflow")
+
+
+def client_as(server, monkeypatch, account: str) -> MlflowClient:
+    """MLflow's own client, logged in as `account` (the environment its owner would set)."""
+    settings, url = server
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", account)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", accounts.password(settings, account))
+    return MlflowClient(url)
+
+
+@pytest.fixture(scope="module")
+def version(server):
+    """A registered version with its digest, made by the pipeline's service account."""
+    settings, url = server
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        pipeline = client_as(server, monkeypatch, settings.mlflow_service_account)
+        experiment = pipeline.create_experiment("rules")
+        run = pipeline.create_run(experiment)
+        pipeline.create_registered_model("guarded")
+        created = pipeline.create_model_version("guarded", f"{run.info.artifact_uri}/model",
+                                                run.info.run_id, tags={"longmix.digest": DIGEST})
+        pipeline.set_model_version_tag("guarded", created.version, "gate.status", "passed")
+    return created.version, run.info.run_id
+
+
+def refused(call, message: str = "") -> None:
+    """A 403; `message` names the longmix rule (MLflow's own permissions refuse without one)."""
+    with pytest.raises(MlflowException, match=message) as error:
+        call()
+    assert error.value.error_code == "PERMISSION_DENIED" or "403" in str(error.value)
+
+
+def test_nobody_reaches_the_registry_without_logging_in(server):
+    settings, url = server
+    anonymous = httpx.get(f"{url}/api/2.0/mlflow/registered-models/search")
+    assert anonymous.status_code == 401
+    assert httpx.get(f"{url}/health").status_code == 200  # the probe stays open
+    for account in ("admin", settings.mlflow_service_account, "alice"):
+        path = accounts.password_file(settings, account)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        log = (settings.home / "services" / "mlflow.log").read_text()
+        assert path.read_text().strip() not in log
+
+
+def test_a_reviewer_reviews_only_as_themselves(server, version, monkeypatch):
+    number, _ = version
+    alice = client_as(server, monkeypatch, "alice")
+    refused(lambda: alice.set_model_version_tag("guarded", number, "longmix.review",
+                                                f"approve {DIGEST} by bob"),
+            "must be a review by the authenticated user: '... by alice'")
+    alice.set_model_version_tag("guarded", number, "longmix.review", f"approve {DIGEST} by alice")
+    assert alice.get_model_version("guarded", number).tags["longmix.review"].endswith("by alice")
+
+
+def test_an_account_outside_the_reviewers_role_cannot_review(server, version, monkeypatch):
+    number, _ = version
+    mallory = client_as(server, monkeypatch, "mallory")
+    refused(lambda: mallory.set_model_version_tag("guarded", number, "longmix.review",
+                                                  f"approve {DIGEST} by mallory"),
+            "mallory is not in the reviewers role")
+    refused(lambda: mallory.delete_model_version_tag("guarded", number, "longmix.review"))
+
+
+@pytest.mark.parametrize("key, value", [("approval.status", "approved"),
+                                        ("approval.receipt", "0" * 64),
+                                        ("gate.status", "passed"),
+                                        ("longmix.digest", "cd" * 32),
+                                        ("audit.head", "0" * 64)])
+def test_only_the_pipeline_writes_what_the_promotion_trusts(server, version, monkeypatch, key,
+                                                             value):
+    """A reviewer (even one who approved) cannot mark a version approved, gated or re-digested."""
+    number, _ = version
+    alice = client_as(server, monkeypatch, "alice")
+    refused(lambda: alice.set_model_version_tag("guarded", number, key, value),
+            f"only the pipeline's service account writes {key}")
+    refused(lambda: alice.delete_model_version_tag("guarded", number, key))
+
+
+def test_a_version_with_the_pipelines_tags_is_made_only_by_the_pipeline(server, version,
+                                                                         monkeypatch):
+    _, run_id = version
+    bob = client_as(server, monkeypatch, "bob")
+    source = bob.get_run(run_id).info.artifact_uri + "/model"
+    refused(lambda: bob.create_model_version("guarded", source, run_id,
+                                             tags={"gate.status": "passed"}),
+            "only the pipeline's service account writes gate.status")
+
+
+def test_only_the_pipeline_moves_the_champion_alias(server, version, monkeypatch):
+    """Not even the admin, whom MLflow's own permissions let do anything."""
+    settings, _ = server
+    number, _ = version
+    admin = client_as(server, monkeypatch, "admin")
+    refused(lambda: admin.set_registered_model_alias("guarded", "champion", number),
+            "only the pipeline's service account moves the champion alias")
+    admin.set_registered_model_alias("guarded", "candidate", number)  # other aliases: as MLflow's
+    pipeline = client_as(server, monkeypatch, settings.mlflow_service_account)
+    pipeline.set_registered_model_alias("guarded", "champion", number)
+    admin = client_as(server, monkeypatch, "admin")
+    refused(lambda: admin.delete_registered_model_alias("guarded", "champion"),
+            "only the pipeline's service account moves the champion alias")
+    refused(lambda: admin.delete_model_version_tag("guarded", number, "gate.status"),
+            "only the pipeline's service account writes gate.status")
+    assert admin.get_model_version_by_alias("guarded", "champion").version == number
+
+
+def test_a_version_that_served_is_never_deleted(server, version, monkeypatch):
+    """Not even by the pipeline's account or the admin: its record is what an audit reads."""
+    settings, _ = server
+    number, _ = version
+    pipeline = client_as(server, monkeypatch, settings.mlflow_service_account)
+    pipeline.set_model_version_tag("guarded", number, "deploy.status", "serving")
+    for account in (settings.mlflow_service_account, "admin"):
+        client = client_as(server, monkeypatch, account)
+        refused(lambda c=client: c.delete_model_version("guarded", number), "served once")
+        refused(lambda c=client: c.delete_registered_model("guarded"), "has a version that served")
+    assert pipeline.get_model_version("guarded", number).tags["deploy.status"] == "serving"
+
+
+def test_a_trigger_run_names_only_the_account_that_made_it(server, version, monkeypatch):
+    """What the flow reads who triggered it from: nobody can make one in another's name."""
+    settings, _ = server
+    _, run_id = version
+    mallory = client_as(server, monkeypatch, "mallory")
+    experiment = mallory.get_run(run_id).info.experiment_id
+    refused(lambda: mallory.create_run(experiment, tags={mlflow_auth.TRIGGER_TAG: "bob"}),
+            "longmix.triggered_by names the authenticated user \\(mallory\\)")
+    run = mallory.create_run(experiment)
+    refused(lambda: mallory.set_tag(run.info.run_id, mlflow_auth.TRIGGER_TAG, "bob"),
+            "names the authenticated user")
+    made = accounts.record_trigger(settings, experiment)  # the caller: the OS user's account
+    assert mallory.get_run(made).data.tags[mlflow_auth.TRIGGER_TAG] == accounts.credentials(
+        settings)[0]
