@@ -3,7 +3,9 @@
 The embedded default's MLflow server runs the `longmix-auth` app (infra/mlflow_auth.py): basic
 auth with an admin, the pipeline's service account, the OS user's own account and, for the
 `demo` and `tiny` profiles, `demo-reviewer`, a second account in the reviewers role. Each
-password is generated into `<home>/keys/mlflow/<account>` (mode 0600) and never printed.
+password is generated into `<home>/keys/mlflow/<account>` (mode 0600) and never printed. On a
+server of one's own (the Helm chart's), an admin makes the accounts with the same `provision`,
+each password given (`longmix accounts add NAME --password-file FILE`).
 
 `whoami` is the identity the promotion compares (four eyes) and records: the account MLflow
 authenticated, never a name typed into a field. Only a store without a server (a SQLite file
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from infra.settings import Settings
 ADMIN = "admin"
 DEMO_REVIEWER = "demo-reviewer"
 WORKSPACE = "default"  # roles live in a workspace; without workspaces, in MLflow's default one
+OWN_ROLE = re.compile(r"__user_\d+__")  # the role MLflow keeps one user's own grants in
 
 
 class AccountError(RuntimeError):
@@ -59,10 +63,6 @@ def server_env(settings: Settings) -> dict[str, str]:
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
-def _admin(settings: Settings, url: str) -> httpx.Client:
-    return httpx.Client(base_url=url, auth=(ADMIN, password(settings, ADMIN)), timeout=30)
-
-
 def _answer(response: httpx.Response, what: str, exists_ok: bool = False) -> dict:
     if exists_ok and "RESOURCE_ALREADY_EXISTS" in response.text:
         return {}
@@ -72,30 +72,75 @@ def _answer(response: httpx.Response, what: str, exists_ok: bool = False) -> dic
     return response.json()
 
 
-def provision(settings: Settings, url: str, account: str, reviewer: bool = False) -> None:
-    """Make `account` on the embedded server with its generated password (kept if it exists);
-    put it in the reviewers role when `reviewer`."""
-    with _admin(settings, url) as admin:
-        _answer(admin.post("/api/2.0/mlflow/users/create",
-                           json={"username": account, "password": password(settings, account)}),
-                f"creating the MLflow account {account}", exists_ok=True)
-        if not reviewer:
-            return
-        role = settings.mlflow_reviewers_role
-        _answer(admin.post("/api/3.0/mlflow/roles/create", json={
-            "name": role, "workspace": WORKSPACE,
-            "description": "may review (longmix.review) registered model versions"}),
-            f"creating the role {role}", exists_ok=True)
-        found = _answer(admin.get("/api/3.0/mlflow/users/roles/list",
-                                  params={"username": account}), f"reading {account}'s roles")
-        if any(r["name"] == role for r in found.get("roles", [])):
-            return
-        role_id = next(r["id"] for r in _answer(
-            admin.get("/api/3.0/mlflow/roles/list", params={"workspace": WORKSPACE}),
-            "listing roles")["roles"] if r["name"] == role)
-        _answer(admin.post("/api/3.0/mlflow/roles/assign",
-                           json={"username": account, "role_id": role_id}),
-                f"putting {account} in {role}")
+def provision(settings: Settings, url: str, account: str, reviewer: bool = False, *,
+              admin: tuple[str, str] | None = None, secret: str | None = None,
+              permission: str | None = None) -> None:
+    """Make `account` on the MLflow server at `url`, as its admin; put it in the reviewers role
+    when `reviewer`; give it `permission` (READ, EDIT, MANAGE) on every experiment when set.
+
+    The embedded default (`admin` and `secret` None): the admin's password and the account's are
+    the generated files under LONGMIX_HOME, and an account that exists keeps its password. A
+    server of one's own (the chart's accounts Job): `admin` is an admin's (name, password) and
+    the account's password is `secret`, set again on an account that exists (a changed Secret
+    takes effect at the Job's next run)."""
+    with httpx.Client(base_url=url, auth=admin or (ADMIN, password(settings, ADMIN)),
+                      timeout=30) as client:
+        made = _answer(client.post("/api/2.0/mlflow/users/create", json={
+            "username": account,
+            "password": secret if secret is not None else password(settings, account)}),
+            f"creating the MLflow account {account}", exists_ok=True)
+        if secret is not None and not made:
+            _answer(client.patch("/api/2.0/mlflow/users/update-password",
+                                 json={"username": account, "password": secret}),
+                    f"setting the password of {account}")
+        if permission is not None:
+            _grant_on_experiments(client, account, permission)
+        if reviewer:
+            _join_reviewers(client, account, settings.mlflow_reviewers_role)
+
+
+def _grant_on_experiments(client: httpx.Client, account: str, permission: str) -> None:
+    """`permission` on every experiment, those made later too: a grant on the pattern "*" in
+    the account's own role (MLflow's per-user grant API), replacing another level held there."""
+    grant = {"username": account, "resource_type": "experiment", "resource_id": "*"}
+    held = _answer(client.get("/api/3.0/mlflow/users/permissions/list",
+                              params={"username": account}), f"reading {account}'s permissions")
+    current = next((p["permission"] for p in held.get("permissions", [])
+                    if OWN_ROLE.fullmatch(p["role_name"]) and p["resource_type"] == "experiment"
+                    and p["resource_pattern"] == "*"), None)
+    if current == permission:
+        return
+    if current is not None:  # the grant API refuses a second grant on the same pattern
+        _answer(client.post("/api/3.0/mlflow/users/permissions/revoke", json=grant),
+                f"revoking {account}'s {current} on experiments")
+    _answer(client.post("/api/3.0/mlflow/users/permissions/grant",
+                        json={**grant, "permission": permission}),
+            f"granting {account} {permission} on experiments")
+
+
+def _join_reviewers(client: httpx.Client, account: str, role: str) -> None:
+    """Put `account` in the reviewers role, made the first time with EDIT on registered models:
+    a review is a model version's tag, which a server whose default permission is READ (the
+    chart's) would let no reviewer write."""
+    made = _answer(client.post("/api/3.0/mlflow/roles/create", json={
+        "name": role, "workspace": WORKSPACE,
+        "description": "may review (longmix.review) registered model versions"}),
+        f"creating the role {role}", exists_ok=True)
+    if made:
+        _answer(client.post("/api/3.0/mlflow/roles/permissions/add", json={
+            "role_id": made["role"]["id"], "resource_type": "registered_model",
+            "resource_pattern": "*", "permission": "EDIT"}),
+            f"letting {role} edit registered models")
+    found = _answer(client.get("/api/3.0/mlflow/users/roles/list",
+                               params={"username": account}), f"reading {account}'s roles")
+    if any(r["name"] == role for r in found.get("roles", [])):
+        return
+    role_id = made["role"]["id"] if made else next(r["id"] for r in _answer(
+        client.get("/api/3.0/mlflow/roles/list", params={"workspace": WORKSPACE}),
+        "listing roles")["roles"] if r["name"] == role)
+    _answer(client.post("/api/3.0/mlflow/roles/assign",
+                        json={"username": account, "role_id": role_id}),
+            f"putting {account} in {role}")
 
 
 def provision_embedded(settings: Settings, url: str) -> None:

@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.table import Table
 
 console = Console()
 audit_app = typer.Typer(help="the signed, hash-chained audit log", no_args_is_help=True)
-accounts_app = typer.Typer(help="the embedded MLflow server's accounts", no_args_is_help=True)
+accounts_app = typer.Typer(help="MLflow accounts: the embedded server's, or as a server's admin",
+                            no_args_is_help=True)
 
 
 def _client():
@@ -212,25 +216,68 @@ def audit_show(last: int = typer.Option(20, help="how many of the latest records
     console.print(table)
 
 
+class ExperimentPermission(str, Enum):
+    READ = "READ"
+    EDIT = "EDIT"
+    MANAGE = "MANAGE"
+
+
 @accounts_app.command("add")
 def accounts_add(
     name: str = typer.Argument(..., help="the account's user name"),
     reviewer: bool = typer.Option(False, help="put it in the reviewers role (may approve)"),
+    password_file: Path | None = typer.Option(
+        None, exists=True, dir_okay=False,
+        help="the account's password (a server of your own; never on the embedded one)"),
+    permission: ExperimentPermission | None = typer.Option(
+        None, help="its permission on every experiment (default: the server's default)"),
 ) -> None:
-    """Make an account on the embedded MLflow server, its password generated into a file of mode
-    0600 under LONGMIX_HOME (never printed): give it to the person it is for, who logs in to the
-    MLflow UI with it or sets MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD."""
-    from infra.mlflow_accounts import AccountError, password_file, provision
+    """Make an MLflow account, or bring one that exists to these settings.
+
+    On the embedded server its password is generated into a file of mode 0600 under
+    LONGMIX_HOME (never printed): give it to the person it is for, who logs in to the MLflow UI
+    with it or sets MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD. On a configured server
+    (LONGMIX_MLFLOW_TRACKING_URI=http://...) you act as its admin (your MLFLOW_TRACKING_USERNAME
+    and _PASSWORD), and the password is the content of --password-file, set again on an account
+    that exists."""
+    from infra.mlflow_accounts import AccountError, provision, server_account
+    from infra.mlflow_accounts import password_file as generated_file
     from infra.services import ensure_mlflow_ui
     from infra.settings import get_settings
 
     settings = get_settings()
-    if settings.mlflow_tracking_uri is not None:
-        _refuse(ValueError("accounts are made here only on the embedded MLflow server; on a "
-                           "server of your own, its admin makes them"), 2)
+    grant = permission.value if permission else None
     try:
-        provision(settings, ensure_mlflow_ui(settings), name, reviewer=reviewer)
+        if settings.mlflow_tracking_uri is None:
+            if password_file is not None:
+                _refuse(ValueError("on the embedded MLflow server each password is generated "
+                                   "into its own file: leave out --password-file"), 2)
+            provision(settings, ensure_mlflow_ui(settings), name, reviewer, permission=grant)
+            where = f"password in {generated_file(settings, name)}"
+        else:
+            server = server_account(settings)
+            if server is None:
+                _refuse(ValueError(f"{settings.tracking_uri} is a store without a server: it "
+                                   "has no accounts"), 2)
+            if password_file is None:
+                _refuse(ValueError("on a configured MLflow server the account's password comes "
+                                   "from --password-file (none is generated here)"), 2)
+            url, admin, admin_password = server
+            provision(settings, url, name, reviewer, admin=(admin, admin_password),
+                      secret=_password_in(password_file), permission=grant)
+            where = f"password from {password_file}"
     except AccountError as e:
         _refuse(e)
     console.print(f"MLflow account {name}" + (" (reviewer)" if reviewer else "")
-                  + f": password in {password_file(settings, name)}", highlight=False)
+                  + (f", {grant} on experiments" if grant else "") + f": {where}",
+                  highlight=False)
+
+
+def _password_in(path: Path) -> str:
+    """The password in `path`, byte for byte: the pods that log in with it send a Secret's value
+    as it is, so a trailing line break would be part of theirs and not of this one."""
+    secret = path.read_text()
+    if not secret or secret != secret.strip():
+        _refuse(ValueError(f"{path}: the password is empty or begins or ends with white space "
+                           "(a line break?); write it without (printf '%s' ...)"), 2)
+    return secret

@@ -28,7 +28,7 @@ NAMESPACE = "longmix"
 # the worker's settings that only name a Secret and its key
 SECRET_NAME = re.compile(r"^(?!PREFECT_INTEGRATIONS_KUBERNETES_WORKER_\w+_SECRET_(NAME|KEY)$)"
                          r".*(PASSWORD|SECRET|TOKEN|ACCESS_KEY|DATABASE|BACKEND_STORE|AUTH_STRING)")
-POD_KINDS = {"Deployment", "StatefulSet"}
+POD_KINDS = {"Deployment", "StatefulSet", "Job"}
 ACCOUNTS = ("flows", "deployer")  # a work pool per flow-run ServiceAccount
 # prefect-kubernetes refuses a job manifest without these (its _get_base_job_manifest)
 WORKER_ONLY_POD_FIELDS = ("parallelism", "completions")
@@ -72,6 +72,10 @@ def pod_templates(objects: list[dict]):
             yield f"{where} head", spec["headGroupSpec"]["template"]["spec"]
             for group in spec["workerGroupSpecs"]:
                 yield f"{where} {group['groupName']}", group["template"]["spec"]
+
+
+def named(objects: list[dict], kind: str, name: str) -> dict:
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
 
 
 def pool_template(objects: list[dict], account: str) -> dict:
@@ -154,7 +158,7 @@ def test_flow_runs_carry_longmix_settings_and_secret_references(rendered):
     assert env["LONGMIX_DEPLOY_TARGET"]["value"] == "rayservice"
     assert env["LONGMIX_K8S_RAYSERVICE"]["value"] == "longmix"
     assert env["LONGMIX_MLFLOW_TRACKING_URI"]["value"] == "http://longmix-mlflow:5000"
-    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "password"
+    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "pipeline"
     assert container["image"] == f"{image['repository']}:{image['tag']}"
     assert job["spec"]["template"]["spec"]["serviceAccountName"] == "longmix-flows"
 
@@ -364,12 +368,89 @@ def test_only_flow_runs_hold_the_audit_signing_key(rendered):
             assert "LONGMIX_AUDIT_" not in text, obj["metadata"]["name"]
 
 
+def mlflow_logins(pod: dict) -> set[tuple[str, str | None, str, str]]:
+    """(container, MLflow user name, Secret, key) of each container's MLflow password."""
+    logins = set()
+    for container in pod["containers"]:
+        env = {e["name"]: e for e in container.get("env", [])}
+        if "MLFLOW_TRACKING_PASSWORD" in env:
+            ref = env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]
+            logins.add((container["name"], env["MLFLOW_TRACKING_USERNAME"].get("value"),
+                        ref["name"], ref["key"]))
+    return logins
+
+
+def test_each_component_logs_in_to_mlflow_as_its_own_account(rendered):
+    """Flow runs as the pipeline's service account (the one the MLflow server's rules trust),
+    Ray pods as the Ray account, serving replicas as the serving account: each pod gets its own
+    password alone, and only the MLflow server and the accounts Job hold the admin's."""
+    _, objects = rendered
+    accounts = "longmix-mlflow-accounts"
+    for pool in ACCOUNTS:
+        pod = flow_run_job(objects, pool)["spec"]["template"]["spec"]
+        assert mlflow_logins(pod) == {("prefect-job", "longmix-pipeline", accounts, "pipeline")}
+    for where, pod in pod_templates(objects):
+        container = "ray-head" if where.endswith(" head") else "ray-worker"
+        if where.startswith("RayCluster"):
+            assert mlflow_logins(pod) == {(container, "longmix-ray", accounts, "ray")}, where
+        elif where.startswith("RayService"):
+            assert mlflow_logins(pod) == {(container, "longmix-serving", accounts, "serving")}
+        elif where != "Job longmix-mlflow-accounts":
+            assert not mlflow_logins(pod), where
+    admin = {f"{o['kind']} {o['metadata']['name']}" for o in objects
+             if "longmix-mlflow-auth" in json.dumps(o)}
+    assert admin == {"Deployment longmix-mlflow", "Job longmix-mlflow-accounts"}
+    mlflow = named(objects, "Deployment", "longmix-mlflow")["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in mlflow["containers"][0]["env"]}
+    assert env["LONGMIX_MLFLOW_SERVICE_ACCOUNT"] == {"name": "LONGMIX_MLFLOW_SERVICE_ACCOUNT",
+                                                     "value": "longmix-pipeline"}
+
+
+def test_the_accounts_job_makes_them_after_every_install_and_upgrade(rendered):
+    """A Helm hook, locked down as every pod (test_pods_are_locked_down covers it), that runs
+    the image's CLI as MLflow's admin with each component's password file, and that MLflow's
+    NetworkPolicy lets in."""
+    values_file, objects = rendered
+    image = yaml.safe_load(values_file.read_text())["image"]
+    job = named(objects, "Job", "longmix-mlflow-accounts")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    assert "Job longmix-mlflow-accounts" in dict(pod_templates(objects))
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "longmix-mlflow-accounts"
+    assert pod["automountServiceAccountToken"] is False
+    container = pod["containers"][0]
+    assert container["image"] == f"{image['repository']}:{image['tag']}"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["LONGMIX_MLFLOW_TRACKING_URI"]["value"] == "http://longmix-mlflow:5000"
+    for name, key in (("MLFLOW_TRACKING_USERNAME", "username"),
+                      ("MLFLOW_TRACKING_PASSWORD", "password")):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "longmix-mlflow-auth",
+                                                          "key": key}
+    script = " ".join(container["command"][-1].replace("\\\n", " ").split())
+    assert 'longmix accounts add "longmix-pipeline" --password-file pipeline' in script
+    assert 'longmix accounts add "longmix-ray" --password-file ray --permission EDIT' in script
+    assert ('longmix accounts add "longmix-serving" --password-file serving --permission READ'
+            in script)
+    secret = next(v["secret"] for v in pod["volumes"] if v["name"] == "mlflow-accounts")
+    assert secret["secretName"] == "longmix-mlflow-accounts"
+    assert secret["defaultMode"] == 0o400
+    policy = named(objects, "NetworkPolicy", "longmix-mlflow")["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "longmix", "app.kubernetes.io/instance": "longmix",
+        "app.kubernetes.io/component": "mlflow-accounts"}}} in policy
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["--set", "settings.LONGMIX_AUDIT_SIGNING_KEY_FILE=/tmp/key"],
      "invalid propertyName 'LONGMIX_AUDIT_SIGNING_KEY_FILE'"),
     (["--set", "secrets.auditSigningKey="], "at '/secrets/auditSigningKey'"),
     (["--set", "prefect.worker.deployerPool=longmix"],
      "prefect.worker.pool and prefect.worker.deployerPool must differ"),
+    (["--set", "settings.LONGMIX_MLFLOW_SERVICE_ACCOUNT=admin"],
+     "invalid propertyName 'LONGMIX_MLFLOW_SERVICE_ACCOUNT'"),
+    (["--set", "mlflow.accounts.ray=longmix-pipeline"],
+     "each component needs an MLflow account of its own"),
+    (["--set", "secrets.mlflowAccounts="], "at '/secrets/mlflowAccounts'"),
 ])
 def test_bad_pool_and_audit_key_values_are_refused(helm, overrides, message):
     done = run_helm(helm, "template", "longmix", str(CHART), "-f", str(EXAMPLES[0]), *overrides)

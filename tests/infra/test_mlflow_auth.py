@@ -3,17 +3,24 @@ registry (the longmix-auth app): each attack below is tried as an authenticated 
 through MLflow's own client, and is refused with the rule it broke; what the rules allow goes
 through, and nothing that was written is lost."""
 
+import secrets
 import stat
+import time
+from pathlib import Path
 
 import httpx
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Metric, RunTag
+from mlflow.entities.model_registry import ModelVersionTag
 from mlflow.exceptions import MlflowException
+from typer.testing import CliRunner
 
 from infra import mlflow_accounts as accounts
 from infra import mlflow_auth
 from infra.services import ensure_mlflow_ui, stop
-from infra.settings import Settings
+from infra.settings import Settings, get_settings
+from pipelines.cli import app
 
 DIGEST = "ab" * 32
 
@@ -54,7 +61,7 @@ def version(server):
 
 def refused(call, message: str = "") -> None:
     """A 403; `message` names the longmix rule (MLflow's own permissions refuse without one)."""
-    with pytest.raises(MlflowException, match=message) as error:
+    with pytest.raises(MlflowException, match=message or None) as error:
         call()
     assert error.value.error_code == "PERMISSION_DENIED" or "403" in str(error.value)
 
@@ -160,3 +167,87 @@ def test_a_trigger_run_names_only_the_account_that_made_it(server, version, monk
     made = accounts.record_trigger(settings, experiment)  # the caller: the OS user's account
     assert mallory.get_run(made).data.tags[mlflow_auth.TRIGGER_TAG] == accounts.credentials(
         settings)[0]
+
+
+@pytest.fixture(scope="module")
+def chart_server(tmp_path_factory):
+    """An embedded server with the chart's auth config: an account without a grant may only
+    read (default_permission READ), so what the accounts Job grants is all a component has."""
+    settings = Settings(home=tmp_path_factory.mktemp("mlflow-chart-home"))
+    embedded_env = accounts.server_env
+
+    def chart_env(server_settings: Settings) -> dict[str, str]:
+        env = embedded_env(server_settings)
+        ini = Path(env["MLFLOW_AUTH_CONFIG_PATH"])
+        ini.write_text(ini.read_text().replace("default_permission = EDIT",
+                                               "default_permission = READ"))
+        return env
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(accounts, "server_env", chart_env)
+        url = ensure_mlflow_ui(settings)
+    yield settings, url
+    stop(settings, "mlflow")
+
+
+def test_the_accounts_job_gives_each_component_what_it_needs_and_no_more(chart_server,
+                                                                         tmp_path, monkeypatch):
+    """`longmix accounts add` against a configured server as its admin, as the chart's Job runs
+    it (twice: the next upgrade changes a password and a grant): each account logs in with its
+    password file's password; the Ray account's EDIT on experiments lets it log metrics to a
+    run the service account made but not write what the promotion trusts; the serving account
+    reads and cannot log; a reviewer made so can review."""
+    settings, url = chart_server
+    service = settings.mlflow_service_account  # exists: the embedded server made it
+    monkeypatch.setenv("LONGMIX_HOME", str(tmp_path / "job-home"))
+    monkeypatch.setenv("LONGMIX_MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", accounts.ADMIN)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", accounts.password(settings, accounts.ADMIN))
+    passwords = {}
+
+    def add(name: str, *options: str) -> None:
+        passwords[name] = secrets.token_urlsafe(18)
+        (tmp_path / name).write_text(passwords[name])
+        get_settings.cache_clear()
+        done = CliRunner().invoke(app, ["accounts", "add", name, "--password-file",
+                                        str(tmp_path / name), *options])
+        get_settings.cache_clear()
+        assert done.exit_code == 0, done.output
+        assert passwords[name] not in done.output
+
+    for ray_permission in ("READ", "EDIT"):
+        add(service)
+        add("longmix-ray", "--permission", ray_permission)
+        add("longmix-serving", "--permission", "READ")
+    add("carol", "--reviewer")
+    for name, secret in passwords.items():
+        assert accounts.authenticate(url, name, secret) == name
+    with pytest.raises(accounts.AccountError, match="does not accept"):
+        accounts.authenticate(url, service, accounts.password(settings, service))
+
+    pipeline = accounts.tracking_as(url, service, passwords[service])
+    experiment = pipeline.create_experiment("chart")
+    run = pipeline.create_run(experiment, service, int(time.time() * 1000), [], "train")
+    registry = accounts.registry_as(url, service, passwords[service])
+    registry.create_registered_model("chart-model")
+    version = registry.create_model_version("chart-model", f"{run.info.artifact_uri}/model",
+                                            run.info.run_id).version
+    loss = [Metric("loss", 2.5, int(time.time() * 1000), 1)]
+
+    ray = accounts.tracking_as(url, "longmix-ray", passwords["longmix-ray"])
+    ray.log_batch(run.info.run_id, metrics=loss, params=[], tags=[])
+    refused(lambda: ray.set_tag(run.info.run_id, RunTag(mlflow_auth.TRIGGER_TAG, service)),
+            "names the authenticated user \\(longmix-ray\\)")
+    ray_registry = accounts.registry_as(url, "longmix-ray", passwords["longmix-ray"])
+    refused(lambda: ray_registry.set_model_version_tag("chart-model", version,
+                                                       ModelVersionTag("gate.status", "passed")))
+    serving = accounts.tracking_as(url, "longmix-serving", passwords["longmix-serving"])
+    assert serving.get_run(run.info.run_id).data.metrics == {"loss": 2.5}
+    refused(lambda: serving.log_batch(run.info.run_id, metrics=loss, params=[], tags=[]))
+    serving_registry = accounts.registry_as(url, "longmix-serving", passwords["longmix-serving"])
+    assert serving_registry.get_model_version("chart-model", version).run_id == run.info.run_id
+
+    review = f"approve {DIGEST} by carol"
+    accounts.AccountRegistry(url, "carol", passwords["carol"]).set_model_version_tag(
+        "chart-model", version, "longmix.review", review)
+    assert registry.get_model_version("chart-model", version).tags["longmix.review"] == review

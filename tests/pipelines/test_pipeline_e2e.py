@@ -57,13 +57,14 @@ def _longmix(home: Path, *args: str, timeout: float = 600, **env) -> subprocess.
                           timeout=timeout)
 
 
-def _account(home: Path, name: str) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def alice(home, champion) -> dict[str, str]:
     """A reviewer's account on the embedded MLflow server, as the environment its owner uses."""
-    made = _longmix(home, "accounts", "add", name, "--reviewer")
+    made = _longmix(home, "accounts", "add", "alice", "--reviewer")
     assert made.returncode == 0, made.stdout + made.stderr
-    password = (home / "keys" / "mlflow" / name).read_text().strip()
+    password = (home / "keys" / "mlflow" / "alice").read_text().strip()
     assert password not in made.stdout  # named by its file, never printed
-    return {"MLFLOW_TRACKING_USERNAME": name, "MLFLOW_TRACKING_PASSWORD": password}
+    return {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": password}
 
 
 def _client(home: Path):
@@ -200,9 +201,8 @@ def test_no_approval_times_out_naming_what_it_waits_for(unreviewed):
     assert "longmix.review" in out and "longmix approve longmix/2" in out, out
 
 
-def test_approval_by_the_triggering_user_is_refused(home, unreviewed):
+def test_approval_by_the_triggering_user_is_refused(home, unreviewed, alice):
     """alice triggers the run and approves it, each as her own MLflow account: four eyes."""
-    alice = _account(home, "alice")
     approve = _longmix(home, "approve", "longmix/2", **alice)
     assert approve.returncode == 0, approve.stdout
     result = _run_v2(home, "--wait", LONGMIX_APPROVAL_TIMEOUT_S="30", **alice)
@@ -218,8 +218,8 @@ def test_a_review_by_an_account_outside_the_reviewers_role_is_refused(home, unre
     assert "--reviewer" in _longmix(home, "approve", "longmix/2", "--reviewer", "bob").stderr
 
 
-def test_artifact_changed_after_approval_is_refused(home, unreviewed):
-    approve = _longmix(home, "approve", "longmix/2", **_account(home, "alice"))
+def test_artifact_changed_after_approval_is_refused(home, unreviewed, alice):
+    approve = _longmix(home, "approve", "longmix/2", **alice)
     assert approve.returncode == 0, approve.stdout
     result = _run_v2(home, "--wait", LONGMIX_APPROVAL_TIMEOUT_S="30")
     assert result.returncode == 0, result.stdout + result.stderr  # approved; not deployed
@@ -262,9 +262,9 @@ def test_failing_gate_stops_the_flow_and_records_the_step(home, strict_gate):
     assert str(client.get_model_version_by_alias("longmix", "champion").version) == "1"
 
 
-def test_a_named_override_of_a_failed_check_holds_when_the_flow_runs_again(home, strict_gate):
+def test_a_named_override_of_a_failed_check_holds_when_the_flow_runs_again(home, strict_gate,
+                                                                            alice):
     _, policy = strict_gate
-    alice = _account(home, "alice")
     hard = _longmix(home, "override", "longmix/2", "--check", "pii-extraction", "--reason", "fine",
                     **alice)
     assert hard.returncode == 1 and "hard safety check" in hard.stdout, hard.stdout

@@ -57,7 +57,7 @@ job_configuration:
               command: ["prefect"]
               args: ["flow-run", "execute"]
               env:
-                {{- include "longmix.env" $root | nindent 16 }}
+                {{- include "longmix.env" (dict "root" $root "mlflowAccount" "pipeline") | nindent 16 }}
                 {{- include "longmix.prefectAuthEnv" (dict "root" $root "name" "PREFECT_API_AUTH_STRING") | nindent 16 }}
                 {{- if $root.Values.ray.cluster.enabled }}
                 - name: LONGMIX_RAY_ADDRESS

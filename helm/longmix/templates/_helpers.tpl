@@ -93,8 +93,12 @@ capabilities:
 {{- end -}}
 
 {{/* longmix's settings (infra/settings.py) for flows and Ray pods: the cluster's MLflow, S3,
-the RayService the deployer manages; secrets only through secretKeyRef. */}}
+the RayService the deployer manages; secrets only through secretKeyRef. (dict "root" $
+"mlflowAccount" "pipeline"|"ray"|"serving"): the component's own MLflow account, its password
+the one key of the accounts Secret this pod gets. */}}
 {{- define "longmix.env" -}}
+{{- $account := .mlflowAccount -}}
+{{- with .root -}}
 - name: HOME
   value: /tmp
 - name: LONGMIX_HOME
@@ -104,11 +108,10 @@ the RayService the deployer manages; secrets only through secretKeyRef. */}}
 - name: LONGMIX_MLFLOW_TRACKING_URI
   value: http://{{ include "longmix.name" . }}-mlflow:5000
 - name: MLFLOW_TRACKING_USERNAME
-  valueFrom:
-    secretKeyRef: {name: {{ .Values.secrets.mlflowAuth }}, key: username}
+  value: {{ get .Values.mlflow.accounts $account | quote }}
 - name: MLFLOW_TRACKING_PASSWORD
   valueFrom:
-    secretKeyRef: {name: {{ .Values.secrets.mlflowAuth }}, key: password}
+    secretKeyRef: {name: {{ .Values.secrets.mlflowAccounts }}, key: {{ $account }}}
 - name: LONGMIX_SERVE_API_KEY_FILE
   value: /etc/longmix/serve-keys/keys
 - name: LONGMIX_DEPLOY_TARGET
@@ -126,10 +129,12 @@ the RayService the deployer manages; secrets only through secretKeyRef. */}}
 - name: {{ $name }}
   value: {{ $value | toString | quote }}
 {{- end }}
+{{- end }}
 {{- end -}}
 
-{{/* One Ray pod template: (dict "root" $ "role" "head"|"worker" "group" <values> "cluster" name).
-Ray writes under /tmp (emptyDir) and needs shared memory (/dev/shm, memory-backed emptyDir). */}}
+{{/* One Ray pod template: (dict "root" $ "role" "head"|"worker" "group" <values> "component"
+"ray"|"serving" "mlflowAccount" "ray"|"serving"). Ray writes under /tmp (emptyDir) and needs
+shared memory (/dev/shm, memory-backed emptyDir). */}}
 {{- define "longmix.rayPodTemplate" -}}
 {{- $root := .root -}}
 metadata:
@@ -159,7 +164,7 @@ spec:
       image: {{ include "longmix.image" $root }}
       imagePullPolicy: {{ $root.Values.image.pullPolicy }}
       env:
-        {{- include "longmix.env" $root | nindent 8 }}
+        {{- include "longmix.env" (dict "root" $root "mlflowAccount" .mlflowAccount) | nindent 8 }}
         - name: LONGMIX_RAY_ADDRESS
           value: auto
       {{- if eq .role "head" }}
