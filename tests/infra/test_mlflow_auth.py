@@ -149,8 +149,43 @@ def test_a_version_that_served_is_never_deleted(server, version, monkeypatch):
     for account in (settings.mlflow_service_account, "admin"):
         client = client_as(server, monkeypatch, account)
         refused(lambda c=client: c.delete_model_version("guarded", number), "served once")
-        refused(lambda c=client: c.delete_registered_model("guarded"), "has a version that served")
+        refused(lambda c=client: c.delete_registered_model("guarded"), "served once")
     assert pipeline.get_model_version("guarded", number).tags["deploy.status"] == "serving"
+
+
+def test_the_rules_read_a_request_as_mlflow_does(server, version, monkeypatch):
+    """Where MLflow would read a request otherwise than a naive check: fields in the query
+    string (the handler reads the body, basic-auth the query string of a non-JSON DELETE), a
+    version tagged as a prompt (MLflow's search then hides the model's versions), a model the
+    pipeline registered renamed by someone else."""
+    settings, url = server
+    number, run_id = version
+    pipeline = client_as(server, monkeypatch, settings.mlflow_service_account)
+    pipeline.set_model_version_tag("guarded", number, "deploy.status", "serving")
+    bob = httpx.Client(base_url=f"{url}/api/2.0/mlflow", auth=("bob", accounts.password(
+        settings, "bob")))
+    smuggled = bob.post("/model-versions/set-tag", params={"key": "x"}, json={
+        "name": "guarded", "version": number, "key": "deploy.status", "value": "retired"})
+    assert smuggled.status_code == 403 and "not the query string" in smuggled.text
+    admin = httpx.Client(base_url=f"{url}/api/2.0/mlflow", auth=("admin", accounts.password(
+        settings, "admin")))
+    aside = admin.request("DELETE", "/model-versions/delete", params={"name": "x", "version": 1},
+                          headers={"Content-Type": "text/plain"},
+                          content=f'{{"name": "guarded", "version": "{number}"}}')
+    assert aside.status_code == 403, aside.text
+    bob_client = client_as(server, monkeypatch, "bob")
+    refused(lambda: bob_client.set_model_version_tag(  # would hide it from MLflow's model APIs
+        "guarded", number, "mlflow.prompt.is_prompt", "true"), "its versions are not prompts")
+    admin_client = client_as(server, monkeypatch, "admin")
+    refused(lambda: admin_client.delete_registered_model("guarded"), "served once")
+    source = f"{pipeline.get_run(run_id).info.artifact_uri}/model"
+    pipeline = client_as(server, monkeypatch, settings.mlflow_service_account)
+    pipeline.create_registered_model("candidate")
+    pipeline.create_model_version("candidate", source, run_id, tags={"longmix.digest": DIGEST})
+    admin_client = client_as(server, monkeypatch, "admin")
+    refused(lambda: admin_client.rename_registered_model("candidate", "renamed"),
+            "only the pipeline's service account deletes or renames candidate")
+    assert admin_client.get_model_version("guarded", number).tags["deploy.status"] == "serving"
 
 
 def test_a_trigger_run_names_only_the_account_that_made_it(server, version, monkeypatch):
