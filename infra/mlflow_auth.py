@@ -46,14 +46,15 @@ def service_tag(key: str) -> bool:
     return key in SERVICE_TAGS or key.startswith(SERVICE_TAG_PREFIXES)
 
 
-def tag_refusal(key: str, value: str | None, user: str, service: bool, reviewer: bool,
+def tag_refusal(key: str, value: str | None, user: str, service: bool, reviewer,
                 current: str | None = None) -> str | None:
     """Why `user` may not set (value) or delete (None; `current`: the tag's value now) the
-    model-version tag `key`; None: may."""
+    model-version tag `key`; None: may. `reviewer()`: whether `user` is in the reviewers role,
+    asked only for a review (a lookup in the accounts' store)."""
     if service_tag(key) and not service:
         return f"only the pipeline's service account writes {key}"
     if key == REVIEW_TAG:
-        if not reviewer:
+        if not reviewer():
             return f"{user} is not in the reviewers role, so cannot write {REVIEW_TAG}"
         review = (value if value is not None else current or "").strip()
         match = REVIEW_BY.fullmatch(review)
@@ -83,7 +84,7 @@ def removal_refusal(what: str, registry: "Registry", name: str, version: str | N
     return None
 
 
-def request_refusal(route: str, body: dict, user: str, service: bool, reviewer: bool,
+def request_refusal(route: str, body: dict, user: str, service: bool, reviewer,
                     registry: "Registry") -> str | None:
     """Why this registry request by `user` is refused, or None. `body`: the fields as MLflow's
     handler reads them."""
@@ -188,7 +189,9 @@ def enforce_promotion_rules():
     settings = get_settings()
     refusal = request_refusal(match["route"], body, user,
                               service=user == settings.mlflow_service_account,
-                              reviewer=_in_role(user, settings.mlflow_reviewers_role),
+                              # only a review asks: runs/log-batch, every training step's
+                              # metrics, must not pay for it
+                              reviewer=lambda: _in_role(user, settings.mlflow_reviewers_role),
                               registry=Registry())
     return None if refusal is None else _refuse(refusal)
 
