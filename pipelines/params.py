@@ -183,11 +183,12 @@ PROFILES: dict[str, PipelineParams] = {
             preset="compact"),
         eval=EvalParams(suite="capable"),
         promote=PromoteParams(policy="default")),
-    # the tests' whole pipeline, all three stages, each a few seconds of training
+    # the tests' whole pipeline, all three stages, each a few seconds of training on one worker
+    # (a second costs each stage ~4 s of start-up; the trainer's own tests train on two)
     "tiny": PipelineParams(
         profile="tiny",
         data=DataParams(spec="tiny"),
-        train=TrainParams(stages=(
+        train=TrainParams(workers=1, stages=(
             StageParams(stage="pretrain", steps=4, batch_size=2, checkpoint_every=4, eval_every=4),
             StageParams(stage="long_context", data=DataParams(spec="tiny-long"), steps=2,
                         batch_size=1, checkpoint_every=2, eval_every=2),

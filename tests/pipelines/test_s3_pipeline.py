@@ -35,7 +35,10 @@ def test_the_tiny_pipeline_with_all_storage_on_s3(s3_server, tmp_path):
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
         assert "state/datasets/tiny/manifest.json" in _keys(s3_server, "state/datasets/tiny/")
-        assert any(k.endswith("digest.json") for k in _keys(s3_server, "state/train/"))
+        checkpoints = _keys(s3_server, "state/train/")  # Ray Train's, with its training state
+        for name in ("digest.json", "checkpoint/model.safetensors",
+                     "training_state/optimizer.safetensors"):
+            assert any(k.endswith(name) for k in checkpoints), name
         assert any(k.endswith("model.safetensors") for k in _keys(s3_server, "mlartifacts/"))
         assert len(_keys(s3_server, "state/audit/")) >= 4  # gate, review, approval, deploy
         current = json.loads(s3_server["client"].get_object(
