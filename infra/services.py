@@ -25,7 +25,6 @@ import psutil
 from infra.secret_files import secret_file
 from infra.settings import Settings
 
-PREFERRED_PORTS = {"prefect": 4200, "mlflow": 5000}
 PREFECT_AUTH_FILE = "prefect-auth"
 
 
@@ -90,9 +89,10 @@ def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
 
 
 def start(settings: Settings, name: str, argv: list[str], health: str, env: dict[str, str],
-          timeout_s: float = 90.0) -> Service:
-    """Start `argv` (with {port} filled in) in its own session; wait until `health` answers."""
-    port = free_port(preferred=PREFERRED_PORTS[name])
+          preferred_port: int = 0, timeout_s: float = 90.0) -> Service:
+    """Start `argv` (with {port} filled in: `preferred_port` if free, else any free port) in its
+    own session; wait until `health` answers."""
+    port = free_port(preferred=preferred_port)
     path = _record(settings, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     log = path.with_suffix(".log")
@@ -154,7 +154,7 @@ def ensure_prefect_server(settings: Settings) -> str:
     service = running(settings, "prefect") or start(
         settings, "prefect", [_script("prefect"), "server", "start", "--host", "127.0.0.1",
                               "--port", "{port}"],
-        "/api/health", prefect_env(settings))
+        "/api/health", prefect_env(settings), settings.prefect_port)
     return f"{service.url}/api"
 
 
@@ -176,7 +176,7 @@ def ensure_mlflow_ui(settings: Settings) -> str:
                                  "--port", "{port}", "--backend-store-uri", settings.tracking_uri,
                                  "--default-artifact-root", settings.artifact_root,
                                  "--workers", "1", "--app-name", "longmix-auth"],
-            "/health", server_env(settings))
+            "/health", server_env(settings), settings.mlflow_port)
         provision_embedded(settings, service.url)
     return service.url
 

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     mlflow_artifact_root: str | None = None  # None: a folder under home (or s3://...)
     mlflow_experiment: str = "longmix"
     storage_uri: str | None = None  # datasets, checkpoints, audit, deployments; None: home
+    # the embedded Prefect server's and MLflow UI's ports; taken, or 0: a free one, chosen at start
+    prefect_port: int = Field(4200, ge=0, le=65535)
+    mlflow_port: int = Field(5000, ge=0, le=65535)
     user: str | None = None  # who acts on a store without a server (no accounts); None: OS user
     # on an MLflow server running the longmix-auth app (docs/security.md): the account the
     # pipeline writes the promotion's tags as, and the MLflow role whose users may review

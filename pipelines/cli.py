@@ -59,7 +59,7 @@ def data_build(
             result = build_dataset(corpus, out, str(settings.cache_dir), overwrite=overwrite,
                                    on_phase=on_phase)
         except BuildError as e:
-            console.print(f"[red]build refused:[/] {e}")
+            console.print(f"[red]build refused:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from e
         progress.update(task, completed=BUILD_PHASES + 1, description="done")
     print_dataset_summary(result.manifest, result.manifest_uri, result.seconds)
@@ -116,7 +116,7 @@ def data_verify(manifest: str = typer.Argument(..., help="manifest.json URI or t
     try:
         m = verify_manifest(manifest)
     except ManifestError as e:
-        console.print(f"[red]refused:[/] {e}")
+        console.print(f"[red]refused:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from e
     shards = sum(len(s["shards"]) for s in m["splits"].values())
     console.print(f"ok: {m['name']} digest {m['digest'][:16]}, {shards} shards and the tokenizer verified")
@@ -152,7 +152,7 @@ def train(options: dict) -> None:
         cfg = parse_train_config(options)
         plan = plan_stage(cfg)  # refused here, before Ray starts
     except TrainConfigError as e:
-        console.print(f"[red]refused:[/] {e}")
+        console.print(f"[red]refused:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from e
     settings = get_settings()
     console.print(f"[bold]longmix train[/] stage={cfg.stage} dataset={plan.manifest['name']} "
@@ -296,7 +296,7 @@ def serve_cmd(
                           highlight=False)
         info = start_server(model, settings, digest=digest)
     except (ApprovalError, CheckpointError, DeployError, ValueError, OSError) as e:
-        console.print(f"[red]refused:[/] {e}", highlight=False)
+        console.print(f"[red]refused:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from e
     console.print(f"serving [bold]{info.model}[/] at {info.url}/v1", soft_wrap=True)
     console.print(f"OpenAPI: {info.url}/docs", soft_wrap=True)
@@ -396,7 +396,7 @@ def gate_cmd(
     try:
         gate_policy = load_policy(policy)
     except PolicyError as e:
-        console.print(f"[red]policy refused:[/] {e}")
+        console.print(f"[red]policy refused:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from e
     decision = decide(read_report(report / REPORT_NAME if report.is_dir() else report), gate_policy)
     table = Table(title=f"gate {decision.policy}: {decision.status}")
@@ -427,7 +427,7 @@ def verify(checkpoint: Path = typer.Argument(..., help="checkpoint folder")) -> 
     try:
         files = verify_digest(checkpoint)
     except CheckpointError as e:
-        console.print(f"[red]refused:[/] {e}")
+        console.print(f"[red]refused:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from e
     console.print_json(json.dumps({"checkpoint": str(checkpoint), "verified": files}))
 

@@ -52,16 +52,23 @@ def test_a_record_without_a_start_time_is_stale(tmp_path):
 def test_the_embedded_prefect_server_answers_only_its_clients(tmp_path, monkeypatch):
     """Basic auth on the embedded server: a request without the password (a flow run naming its
     own reviewer, sent by anyone on the machine) is a 401; the password is made once, in a 0600
-    file, and the health probe stays open."""
+    file, and the health probe stays open. Its port taken by another program, it takes a free
+    one."""
+    import socket
     import stat
 
     import httpx
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.delenv("PREFECT_API_AUTH_STRING", raising=False)
-    settings = Settings(home=tmp_path)
-    api = services.ensure_prefect_server(settings)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = Settings(home=tmp_path, prefect_port=port)
+        api = services.ensure_prefect_server(settings)
     try:
+        assert api.startswith("http://127.0.0.1:") and f":{port}/" not in api
         auth = settings.home / "keys" / services.PREFECT_AUTH_FILE
         assert stat.S_IMODE(auth.stat().st_mode) == 0o600
         user, password = auth.read_text().strip().split(":")

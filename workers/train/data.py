@@ -14,6 +14,11 @@ from workers.data.manifest import dataset_root
 from workers.data.pack import ASSISTANT_ID, PackedSequences, loss_mask_for
 from workers.data.records import MEDIA_DTYPES
 
+# The manifest names every file, so Ray Data's V2 parquet datasource (its default; an actor pool
+# reads each file's footer to plan the read) buys nothing here and costs every Ray Train fit a
+# few seconds of start-up (docs/benchmarks.md, "Fit start-up")
+PARQUET_DATASOURCE_V2 = False
+
 
 @dataclass
 class Batch:
@@ -42,10 +47,9 @@ def split_dataset(manifest: dict, split: str, sft: bool = False, shuffle_seed: i
     if not shards:
         raise ValueError(f"the dataset's {split} split is empty")
     fs, _ = resolve(shards[0])
-    # The manifest names every file, so the V2 datasource's footer indexing (an actor pool that
-    # reads each footer to plan the read) buys nothing here; it cost a tiny run's first Ray
-    # Train fit 7.7 s of its 31.7 s, and each later fit 2-3 s, on 2 CPUs (2026-12-07)
-    ray.data.DataContext.get_current().use_datasource_v2 = False
+    ctx = ray.data.DataContext.get_current()
+    ctx.use_datasource_v2 = PARQUET_DATASOURCE_V2
+    ctx.enable_progress_bars = False  # V1's sampling bar, in the middle of the CLI's own progress
     ds = ray.data.read_parquet([resolve(s)[1] for s in shards], filesystem=fs)
     if sft:
         ds = ds.filter(lambda row: ASSISTANT_ID in row["tokens"])

@@ -2,6 +2,7 @@
 MLflow tracking and registration, stages chained by checkpoint, and the configurations refused
 up front (checkpoints on S3: tests/pipelines/test_s3_pipeline.py)."""
 
+import contextlib
 import json
 import shutil
 import signal
@@ -79,7 +80,8 @@ def test_two_workers_train_log_and_register(dataset, settings):
 
 
 def _kill_a_worker_once_past(settings, step: int, killed: list) -> threading.Thread:
-    """Watch MLflow; when the run has logged `step`, SIGKILL a Ray Train worker process."""
+    """Watch MLflow; when the run has logged `step`, SIGKILL a Ray Train worker process of this
+    session's Ray (a descendant of this process: another test process's Ray is left alone)."""
     def watch():
         client = MlflowClient(settings.tracking_uri)
         deadline = time.time() + 300
@@ -91,11 +93,12 @@ def _kill_a_worker_once_past(settings, step: int, killed: list) -> threading.Thr
             except Exception:  # the store is being created
                 continue
             if runs and max(_history(settings, runs[0].info.run_id, "loss") or [0]) >= step:
-                for proc in psutil.process_iter(["cmdline"]):
-                    if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
-                        proc.send_signal(signal.SIGKILL)
-                        killed.append(proc.pid)
-                        return
+                for proc in psutil.Process().children(recursive=True):
+                    with contextlib.suppress(psutil.Error):  # one that has just exited
+                        if "RayTrainWorker" in " ".join(proc.cmdline()):
+                            proc.send_signal(signal.SIGKILL)
+                            killed.append(proc.pid)
+                            return
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
