@@ -55,6 +55,14 @@ def parse_args(description: str | None,
     return parser.parse_args(argv)
 
 
+def machine_busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has been busy since boot (every process, other containers'
+    included), from /proc/stat: all but idle and iowait; guest time is already counted in user."""
+    with open("/proc/stat") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (the affinity mask, not the machine's total)."""
     try:

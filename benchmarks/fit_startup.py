@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import ray
-from _common import console, emit_json, machine_info, parse_args
+from _common import console, emit_json, machine_busy_cpu_seconds, machine_info, parse_args
 from rich.table import Table
 
 import workers.train.data as train_data
@@ -33,21 +33,14 @@ from workers.train.trainer import train
 DATASOURCES = {"V2 (Ray's default)": True, "V1 (longmix)": False}
 
 
-def busy_cpu_seconds() -> float:
-    """CPU seconds the whole machine has spent busy (all processes), from /proc/stat."""
-    with open("/proc/stat") as stat:
-        ticks = [int(v) for v in stat.readline().split()[1:]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / 100  # less idle and iowait; USER_HZ = 100
-
-
 def timed_fit(manifest: str, home: Path, v2: bool) -> tuple[float, float]:
     train_data.PARQUET_DATASOURCE_V2 = v2  # read by split_dataset, in this (the driver's) process
     cfg = parse_train_config({"dataset": manifest, "steps": 2, "batch_size": 2, "workers": 2,
                               "checkpoint_every": 2, "eval_every": 2, "eval_batches": 1,
                               "registered_model": None})
-    wall, cpu = time.perf_counter(), busy_cpu_seconds()
+    wall, cpu = time.perf_counter(), machine_busy_cpu_seconds()
     train(cfg, Settings(home=home / f"fit-{time.monotonic_ns()}"))
-    return time.perf_counter() - wall, busy_cpu_seconds() - cpu
+    return time.perf_counter() - wall, machine_busy_cpu_seconds() - cpu
 
 
 def main() -> None:

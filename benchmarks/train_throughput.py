@@ -69,8 +69,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import available_cores, emit_json, machine_info, measure_matmul_peak, parse_args, \
-    print_table, time_interleaved, use_all_cores
+from _common import available_cores, emit_json, machine_busy_cpu_seconds, machine_info, \
+    measure_matmul_peak, parse_args, print_table, time_interleaved, use_all_cores
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -350,10 +350,7 @@ class CpuSampler:
                 exe = next((Path(w).name for w in name.split() if w.endswith(".py")),
                            Path(name.split()[0]).name if name else "?")
                 seconds[("daemon", exe, pid)] = ticks / self.tick
-        with open("/proc/stat") as f:
-            cpu = [int(v) for v in f.readline().split()[1:]]
-        busy = (sum(cpu[:8]) - cpu[3] - cpu[4]) / self.tick  # all but idle and iowait
-        return when, seconds, busy
+        return when, seconds, machine_busy_cpu_seconds()
 
     def between(self, start: float, end: float) -> dict:
         """Cores used per group (CPU-s / wall-s) between the samples nearest to start and end,

@@ -20,6 +20,7 @@ role are the settings' `mlflow_service_account` and `mlflow_reviewers_role`."""
 from __future__ import annotations
 
 import re
+from functools import cached_property
 
 from flask import Flask, g, jsonify, request
 
@@ -123,10 +124,11 @@ class Registry:
     """What the rules read, straight from the registry's tables: MLflow's search hides every
     version of a model one of whose versions is tagged as a prompt, and pages its results."""
 
-    def __init__(self):
+    @cached_property
+    def store(self):  # looked up only by a request whose rule reads the registry
         from mlflow.server.handlers import _get_model_registry_store
 
-        self.store = _get_model_registry_store()
+        return _get_model_registry_store()
 
     def _first(self, table, name: str, version: str | None, *conditions) -> bool:
         if not hasattr(self.store, "ManagedSessionMaker"):

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipelines import cli_pipeline, cli_review
-from pipelines.cli_options import options_from
+from pipelines.cli_options import options_from, refuse
 from workers.train.config import TrainConfig
 
 app = typer.Typer(help="longmix: train, evaluate and deploy sparse-MoE multimodal long-context models.",
@@ -44,8 +44,7 @@ def data_build(
             corpus = corpus.model_copy(update={"tokenizer": corpus.tokenizer.model_copy(
                 update={"path": tokenizer, "sha256": None})})
     except SpecError as e:
-        console.print(f"[red]bad corpus spec:[/] {e}")
-        raise typer.Exit(2) from e
+        refuse(e, 2, what="bad corpus spec")
     settings = get_settings()
     console.print(f"[bold]longmix data build[/] spec={corpus.name} ({len(corpus.sources)} sources) -> {out}")
     with Progress(TextColumn("[bold blue]data"), BarColumn(), MofNCompleteColumn(),
@@ -59,8 +58,7 @@ def data_build(
             result = build_dataset(corpus, out, str(settings.cache_dir), overwrite=overwrite,
                                    on_phase=on_phase)
         except BuildError as e:
-            console.print(f"[red]build refused:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from e
+            refuse(e, 2, what="build refused")
         progress.update(task, completed=BUILD_PHASES + 1, description="done")
     print_dataset_summary(result.manifest, result.manifest_uri, result.seconds)
     if mlflow_log:
@@ -116,8 +114,7 @@ def data_verify(manifest: str = typer.Argument(..., help="manifest.json URI or t
     try:
         m = verify_manifest(manifest)
     except ManifestError as e:
-        console.print(f"[red]refused:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from e
+        refuse(e)
     shards = sum(len(s["shards"]) for s in m["splits"].values())
     console.print(f"ok: {m['name']} digest {m['digest'][:16]}, {shards} shards and the tokenizer verified")
 
@@ -152,8 +149,7 @@ def train(options: dict) -> None:
         cfg = parse_train_config(options)
         plan = plan_stage(cfg)  # refused here, before Ray starts
     except TrainConfigError as e:
-        console.print(f"[red]refused:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from e
+        refuse(e, 2)
     settings = get_settings()
     console.print(f"[bold]longmix train[/] stage={cfg.stage} dataset={plan.manifest['name']} "
                   f"seq_len={plan.seq_len} workers={cfg.workers} steps={cfg.steps}")
@@ -238,8 +234,7 @@ def generate_cmd(
         params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                 seed=seed)
     except (CheckpointError, ValueError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2) from e
+        refuse(e, 2, what="error")
     gen = generate(model.eval(), tokenizer, tokenizer.encode(prompt, bos=True), params)
     console.print(prompt + gen.text, markup=False, highlight=False)
     console.print(f"[dim]{len(gen.token_ids)} tokens, finish_reason={gen.finish_reason}[/]")
@@ -257,8 +252,7 @@ def export_hf(
     try:
         path = export_mixtral(checkpoint, out)
     except (CheckpointError, ExportError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2) from e
+        refuse(e, 2, what="error")
     console.print(f"exported to {path}; load it with transformers.MixtralForCausalLM.from_pretrained")
 
 
@@ -296,8 +290,7 @@ def serve_cmd(
                           highlight=False)
         info = start_server(model, settings, digest=digest)
     except (ApprovalError, CheckpointError, DeployError, ValueError, OSError) as e:
-        console.print(f"[red]refused:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from e
+        refuse(e, 2)
     console.print(f"serving [bold]{info.model}[/] at {info.url}/v1", soft_wrap=True)
     console.print(f"OpenAPI: {info.url}/docs", soft_wrap=True)
     if info.generated_key:
@@ -362,8 +355,7 @@ def eval_cmd(
                            api_key=api_key, endpoint_model=endpoint_model,
                            executor="inline" if inline else "ray", log_to_mlflow=mlflow_log)
     except (ValueError, ValidationError, CheckpointError, ManifestError, EndpointError) as e:
-        console.print(f"[red]eval refused:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from e
+        refuse(e, 2, what="eval refused")
     report = outcome.report
     table = Table(title=f"eval {model} ({cfg.name}) on {report.data['name']}")
     for col in ("metric", "value", "samples", "vs champion"):
@@ -396,8 +388,7 @@ def gate_cmd(
     try:
         gate_policy = load_policy(policy)
     except PolicyError as e:
-        console.print(f"[red]policy refused:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from e
+        refuse(e, 2, what="policy refused")
     decision = decide(read_report(report / REPORT_NAME if report.is_dir() else report), gate_policy)
     table = Table(title=f"gate {decision.policy}: {decision.status}")
     for col in ("check", "metric", "threshold", "value", "result"):
@@ -412,8 +403,7 @@ def gate_cmd(
         try:
             path = record_decision(registry_client(), name, version, decision)
         except GateError as e:
-            console.print(f"[red]not recorded:[/] {e}")
-            raise typer.Exit(2) from e
+            refuse(e, 2, what="not recorded")
         console.print(f"recorded on {name} version {version}: gate.* tags and {path}")
     if decision.status == "failed":
         raise typer.Exit(1)
@@ -427,8 +417,7 @@ def verify(checkpoint: Path = typer.Argument(..., help="checkpoint folder")) -> 
     try:
         files = verify_digest(checkpoint)
     except CheckpointError as e:
-        console.print(f"[red]refused:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from e
+        refuse(e)
     console.print_json(json.dumps({"checkpoint": str(checkpoint), "verified": files}))
 
 

@@ -1,15 +1,26 @@
-"""CLI options generated from a pydantic model's fields, so that a config is declared once: each
-field becomes an --option with the field's type, default and description (as torchtitan derives
-its command line from its config dataclasses)."""
+"""What every `longmix` command shares: options generated from a pydantic model's fields, so that
+a config is declared once (each field becomes an --option with the field's type, default and
+description, as torchtitan derives its command line from its config dataclasses), and how a
+command refuses."""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from pydantic import BaseModel
+from rich.console import Console
+
+_console = Console()
+
+
+def refuse(error: Exception | str, code: int = 1, what: str = "refused") -> NoReturn:
+    """Print why the command stops, in one piece (a path or a command in it is never broken
+    across lines, so it can be copied), and exit with `code`."""
+    _console.print(f"[red]{what}:[/] {error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from (error if isinstance(error, Exception) else None)
 
 
 def options_from(model: type[BaseModel], *, skip: tuple[str, ...] = ()) -> Callable:

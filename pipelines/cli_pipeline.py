@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from pipelines.cli_options import refuse
+
 if TYPE_CHECKING:  # the CLI imports the pipeline (MLflow, Prefect) only when a command runs
     from pipelines.model_card import StageSummary
     from pipelines.steps import PipelineResult
@@ -70,8 +72,7 @@ def trigger(settings) -> str | None:
     try:
         return record_trigger(settings, configure_mlflow(settings))
     except AccountError as e:
-        console.print(f"[red]refused:[/] {e}", highlight=False)
-        raise typer.Exit(2) from e
+        refuse(e, 2)
 
 
 def quiet_consoles() -> None:
@@ -203,8 +204,7 @@ def run(
         params = get_profile(profile, promote=promote, train=train, eval=evals,
                              deploy=deploy)
     except (ValueError, ValidationError) as e:
-        console.print(f"[red]refused:[/] {e}", highlight=False)
-        raise typer.Exit(2) from e
+        refuse(e, 2)
     quiet_consoles()
     settings = get_settings()
     api_url, mlflow_url = start_services(settings)

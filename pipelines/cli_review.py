@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.cli_options import refuse
+
 console = Console()
 audit_app = typer.Typer(help="the signed, hash-chained audit log", no_args_is_help=True)
 accounts_app = typer.Typer(help="MLflow accounts: the embedded server's, or as a server's admin",
@@ -25,14 +27,8 @@ def _client():
 def _version(ref: str) -> tuple[str, str]:
     name, _, version = ref.rpartition("/")
     if not name or not version.isdigit():
-        console.print(f"[red]refused:[/] {ref!r}: expected NAME/VERSION, e.g. longmix/3")
-        raise typer.Exit(2)
+        refuse(f"{ref!r}: expected NAME/VERSION, e.g. longmix/3", 2)
     return name, version
-
-
-def _refuse(error: Exception, code: int = 1):
-    console.print(f"[red]refused:[/] {error}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code) from error
 
 
 def _me():
@@ -45,7 +41,7 @@ def _me():
     try:
         return acting(get_settings())
     except AccountError as e:
-        _refuse(e)
+        refuse(e)
 
 
 def approve(
@@ -78,7 +74,7 @@ def _review(version: str, decision: str, reason: str | None, digest: str | None 
     try:
         value = review(client, name, number, decision, me, reason=reason, digest=digest)
     except (ApprovalError, MlflowException) as e:
-        _refuse(e)
+        refuse(e)
     console.print(f"{name} version {number}: longmix.review = {value}", highlight=False)
 
 
@@ -98,7 +94,7 @@ def override(
         decision = override_check(_client(), name, number, check, _me()[1], reason,
                                   get_settings())
     except GateError as e:
-        _refuse(e)
+        refuse(e)
     console.print(f"{name} version {number}: {check} overridden; gate {decision.status}",
                   highlight=False)
 
@@ -119,7 +115,7 @@ def deploy(version: str = typer.Argument(..., help="NAME/VERSION of an approved 
             record = blue_green(client, name, number, settings, approved_digest=receipt.digest,
                                 approval_hash=receipt.audit_hash, actor=_me()[1])
     except (ApprovalError, DeployError) as e:
-        _refuse(e)
+        refuse(e)
     console.print(f"{name} version {record.version} serves at {record.endpoint}/v1"
                   + (f"; rollback target: version {record.rollback_target.version}"
                      if record.rollback_target else ""), highlight=False)
@@ -136,7 +132,7 @@ def rollback(model: str = typer.Option("longmix", help="registered model name"))
         with console.status(f"rolling {model} back"):
             record = roll_back(_client(), model, settings, actor=_me()[1])
     except DeployError as e:
-        _refuse(e)
+        refuse(e)
     console.print(f"{model} version {record.version} serves again at {record.endpoint}/v1",
                   highlight=False)
 
@@ -194,7 +190,7 @@ def audit_verify() -> None:
     try:
         records = audit_log(settings).verify(referenced)
     except AuditError as e:
-        _refuse(e)
+        refuse(e)
     last = f"seq {records[-1].seq} {records[-1].hash[:12]}" if records else "none"
     console.print(f"audit log {settings.audit_uri}: {len(records)} records, chain intact, "
                   f"every signature valid (public key {settings.audit_public_key}), all "
@@ -250,24 +246,24 @@ def accounts_add(
     try:
         if settings.mlflow_tracking_uri is None:
             if password_file is not None:
-                _refuse(ValueError("on the embedded MLflow server each password is generated "
+                refuse(ValueError("on the embedded MLflow server each password is generated "
                                    "into its own file: leave out --password-file"), 2)
             provision(settings, ensure_mlflow_ui(settings), name, reviewer, permission=grant)
             where = f"password in {generated_file(settings, name)}"
         else:
             server = server_account(settings)
             if server is None:
-                _refuse(ValueError(f"{settings.tracking_uri} is a store without a server: it "
+                refuse(ValueError(f"{settings.tracking_uri} is a store without a server: it "
                                    "has no accounts"), 2)
             if password_file is None:
-                _refuse(ValueError("on a configured MLflow server the account's password comes "
+                refuse(ValueError("on a configured MLflow server the account's password comes "
                                    "from --password-file (none is generated here)"), 2)
             url, admin, admin_password = server
             provision(settings, url, name, reviewer, admin=(admin, admin_password),
                       secret=_password_in(password_file), permission=grant)
             where = f"password from {password_file}"
     except AccountError as e:
-        _refuse(e)
+        refuse(e)
     console.print(f"MLflow account {name}" + (" (reviewer)" if reviewer else "")
                   + (f", {grant} on experiments" if grant else "") + f": {where}",
                   highlight=False)
@@ -278,6 +274,6 @@ def _password_in(path: Path) -> str:
     as it is, so a trailing line break would be part of theirs and not of this one."""
     secret = path.read_text()
     if not secret or secret != secret.strip():
-        _refuse(ValueError(f"{path}: the password is empty or begins or ends with white space "
+        refuse(ValueError(f"{path}: the password is empty or begins or ends with white space "
                            "(a line break?); write it without (printf '%s' ...)"), 2)
     return secret

@@ -47,7 +47,8 @@ def split_dataset(manifest: dict, split: str, sft: bool = False, shuffle_seed: i
     if not shards:
         raise ValueError(f"the dataset's {split} split is empty")
     fs, _ = resolve(shards[0])
-    ctx = ray.data.DataContext.get_current()
+    ctx = ray.data.DataContext.get_current()  # read when a dataset is made, as it is here
+    ctx.execution_options.preserve_order = True  # every execution the same rows: exact resumes
     ctx.use_datasource_v2 = PARQUET_DATASOURCE_V2
     ctx.enable_progress_bars = False  # V1's sampling bar, in the middle of the CLI's own progress
     ds = ray.data.read_parquet([resolve(s)[1] for s in shards], filesystem=fs)

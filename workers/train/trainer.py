@@ -83,7 +83,6 @@ def train(cfg: TrainConfig, settings: Settings | None = None, *, key: str | None
     `key` names the stage's inputs (a digest): a second call with the same key after a killed
     attempt continues that attempt's MLflow run and Ray Train run from its last checkpoint."""
     import mlflow
-    import ray
     from ray.train import DataConfig
     from ray.train.torch import TorchTrainer
 
@@ -97,7 +96,6 @@ def train(cfg: TrainConfig, settings: Settings | None = None, *, key: str | None
     manifest = plan.manifest
     tokenizer = read_bytes(f"{dataset_root(manifest)}/{TOKENIZER_NAME}").decode()
     ensure_ray(settings)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True  # exact resumes
     configure_mlflow(settings)
     parent = mlflow.active_run()
     name = cfg.run_name or f"{cfg.stage}-{manifest['name']}"
