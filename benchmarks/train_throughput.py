@@ -37,7 +37,12 @@ The full run only (not --quick), where the time goes:
   * profile: torch.profiler over one plain fp32 step: self CPU time by category (GEMM, attention
             kernel, MoE dispatch/routing, loss, optimizer, other).
 
+  * dpo vs sft: in the plain process, a preference-stage (DPO) step over B pairs against an sft
+            step over the same 2B rows, interleaved on twin models (the reference's forward is
+            DPO's extra cost); both score each row's second half.
+
 Figures:
+  dpo_vs_sft              = DPO tokens/s / sft tokens/s (the same sequences through the policy)
   ray_vs_plain            = Ray steady tokens/s / plain tokens/s (target >= 0.95)
   cpu_util_of_matmul_peak = plain tokens/s x training_flops_per_token(cfg, 512) /
                             measure_matmul_peak(float32) (best of two measurements in this run;
@@ -82,9 +87,11 @@ from model.config import ModelConfig
 from model.transformer import Transformer
 from workers.data.manifest import dataset_root
 from workers.train.config import TrainConfig, plan_stage
-from workers.train.data import collate
+from workers.data.pack import PackedSequences
+from workers.train.data import Batch, collate
 from workers.train.flops import training_flops_per_token
-from workers.train.loop import make_optimizer, train_step
+from workers.train.loop import language_modeling, make_optimizer, train_step
+from workers.train.preference import PairBatch, dpo_objective
 from workers.train.worker import optim_config
 
 TARGET_RAY_VS_PLAIN = 0.95
@@ -178,6 +185,39 @@ class PlainLoop:
             out.append((time.perf_counter() - started, result.tokens))
             self.step += 1
         return out
+
+
+def dpo_and_sft_tokens_per_s(model_cfg: ModelConfig, cfg: TrainConfig, rows, pairs: int,
+                             steps: int) -> tuple[float, float]:
+    """Median tokens/s of a DPO step over `pairs` pairs (chosen and rejected: 2 x pairs
+    sequences through the policy, and through a frozen reference without gradients) and of an
+    sft step over the same 2 x pairs rows, interleaved step by step on twin models."""
+    torch.manual_seed(cfg.seed)
+    policy, sft_model = Transformer(model_cfg), Transformer(model_cfg)
+    sft_model.load_state_dict(policy.state_dict())
+    reference = Transformer(model_cfg).eval().requires_grad_(False)
+    reference.load_state_dict(policy.state_dict())
+    optim = optim_config(cfg)
+    loops = {"dpo": (policy, make_optimizer(policy, optim), dpo_objective(reference, cfg.beta)),
+             "sft": (sft_model, make_optimizer(sft_model, optim), language_modeling)}
+    batches = Batches(rows, 2 * pairs)
+    samples: dict[str, list[tuple[float, int]]] = {"dpo": [], "sft": []}
+    for step in range(steps + 1):  # the first of each warms up
+        batch = batches.next()
+        rows_ = batch.rows
+        half = torch.arange(pairs)
+        # each row's second half is its "response": the loss mask DPO and sft both score
+        mask = torch.zeros_like(rows_.tokens, dtype=torch.bool)
+        mask[:, rows_.tokens.shape[1] // 2:] = True
+        masked = PackedSequences(rows_.tokens, rows_.doc_ids, mask)
+        inputs = {"dpo": PairBatch(masked.rows(half), masked.rows(half + pairs)),
+                  "sft": Batch(masked, batch.media)}
+        for name, (model, optimizer, objective) in loops.items():
+            started = time.perf_counter()
+            result = train_step(model, optimizer, [inputs[name]], step, optim, objective=objective)
+            if step:
+                samples[name].append((time.perf_counter() - started, result.tokens))
+    return tokens_per_s(samples["dpo"]), tokens_per_s(samples["sft"])
 
 
 def tokens_per_s(samples: list[tuple[float, int]]) -> float:
@@ -644,6 +684,8 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
     plain.run(1)  # re-warm the caches after the Ray run
     plain_samples += plain.run(p["plain_steady"] - first_half)
 
+    dpo_tps, sft_tps = dpo_and_sft_tokens_per_s(model_cfg, cfg, rows, B, p["plain_steady"])
+
     peak_after = measure_matmul_peak(torch.float32)
     peak = max(peak_before, peak_after)
 
@@ -686,7 +728,19 @@ def run(args, p: dict, threads: int, tmp: Path) -> dict:
                 f"Peak: fastest 2048^3 matmul, best of before ({peak_before / 1e9:.1f}) and after "
                 f"({peak_after / 1e9:.1f}) the runs.")
 
+    print_table(
+        "The preference stage (DPO) against sft, plain process, 2 threads, fp32",
+        ["stage", "sequences / step", "tokens/s (median)", "vs sft"],
+        [["sft: next-token loss", 2 * B, f"{sft_tps:.0f}", "1.000"],
+         ["preference: DPO, %d pairs, frozen reference" % B, 2 * B, f"{dpo_tps:.0f}",
+          f"{dpo_tps / sft_tps:.3f}"]],
+        caption="Same model and rows; the DPO step adds the reference's forward (no backward) "
+                f"over the same sequences. Interleaved, {p['plain_steady']} steps each.")
+
     figures = {
+        "dpo_vs_sft": round(dpo_tps / sft_tps, 3),
+        "dpo_tokens_per_s": round(dpo_tps, 1),
+        "sft_tokens_per_s": round(sft_tps, 1),
         "ray_vs_plain": round(ray_tps / plain_tps, 3),
         "target_ray_vs_plain": TARGET_RAY_VS_PLAIN,
         "cpu_util_of_matmul_peak": round(util, 3),

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     approval_timeout_s: float = Field(3600.0, gt=0)
     approval_poll_s: float = Field(5.0, gt=0)
     approval_valid_hours: float | None = Field(None, gt=0)  # None: an approval does not expire
+    # the model card's intended use, out-of-scope use and impact assessment (Markdown; may name
+    # {model} and {version}); None: pipelines/templates/model_card.md
+    model_card_template: Path | None = None
     # the audit log's Ed25519 keys (docs/security.md): the signing key, which only the promotion
     # step holds (None: one made under home at first use), and the public key `longmix audit
     # verify` trusts (None: the signing key's file with the suffix .pub)

@@ -20,7 +20,8 @@ docs/contracts.md): a record in the audit log, the version tags `approval.status
 `approval.reviewer`, `approval.receipt=<the audit record's hash>`, and the artifact
 `approval/<name>-v<version>-receipt.json` on the version's run. A deploy calls `check_approved`
 just before deploying: the receipt must hold in the audit log, not be expired, and the
-checkpoint's files must still hash to the approved digest (a changed artifact voids it).
+checkpoint's files must still hash to the approved digest (a changed artifact voids it), and the
+version's model card (description and README) to the approved card's digest.
 
 Other tags on the version: `approval.status` (pending, approved, rejected) and
 `approval.requested_by` (who triggered the run).
@@ -41,12 +42,15 @@ from infra.registry import DIGEST_TAG, download_checkpoint, registered_version
 from infra.settings import Settings
 from model.checkpoint import CheckpointError
 from pipelines.audit import RECEIPT_TAG, AuditError, audit_log
+from pipelines.model_card import CARD_DIGEST_TAG, card_path, current_card_digests
 
 REVIEW_TAG = "longmix.review"
 STATUS_TAG = "approval.status"  # pending, approved, rejected
 REQUESTED_BY_TAG = "approval.requested_by"
 REVIEWER_TAG = "approval.reviewer"
-EVIDENCE_TAGS = ("gate.decision_digest", "gate.report_digest")
+# what an approval approves beside the checkpoint: the gate's decision, the eval report and the
+# model card (a card changed afterwards voids the approval)
+EVIDENCE_TAGS = ("gate.decision_digest", "gate.report_digest", CARD_DIGEST_TAG)
 REVIEW_FORMAT = ("'approve <digest> by <reviewer>' or 'reject <digest> by <reviewer>: <reason>' "
                  "(digest: the version's longmix.digest, at least its first 12 hex characters; "
                  "reviewer: one word)")
@@ -83,7 +87,7 @@ class ApprovalReceipt(BaseModel):
     reviewer: str
     reason: str | None = None
     triggered_by: str
-    evidence: dict[str, str | None]  # the gate's decision and eval report digests
+    evidence: dict[str, str | None]  # the gate's decision, eval report and model card digests
     approved_at: datetime
     expires_at: datetime | None = None
     audit_hash: str  # the audit record that holds this receipt
@@ -144,10 +148,13 @@ def review(client, name: str, version: str | int, decision: Literal["approve", "
     return value
 
 
-def waiting_message(name: str, version: str | int, digest: str, triggered_by: str | None) -> str:
+def waiting_message(name: str, version: str | int, digest: str, triggered_by: str | None,
+                    card: str | None = None) -> str:
     not_by = f" (not {triggered_by}: four eyes)" if triggered_by else ""
+    read = (f"read its model card (the version's description; artifact {card_path(name, version)}"
+            f", digest {card[:12]}…: an approval approves it as it is), then " if card else "")
     return (f"waiting for a reviewer{not_by} to approve or reject {model_ref(name, version)} "
-            f"(digest {digest}): in the MLflow UI set the version's tag {REVIEW_TAG} = "
+            f"(digest {digest}): {read}in the MLflow UI set the version's tag {REVIEW_TAG} = "
             f"'approve {digest} by <your name>' (or 'reject {digest} by <your name>: <reason>'), "
             f"or run `longmix approve {model_ref(name, version)} --reviewer <your name>`")
 
@@ -160,7 +167,7 @@ def wait_for_review(client, name: str, version: str | int, settings: Settings, *
     timeout_s = settings.approval_timeout_s if timeout_s is None else timeout_s
     tags = version_tags(client, name, version)
     message = waiting_message(name, version, version_digest(tags, name, version),
-                              tags.get(REQUESTED_BY_TAG))
+                              tags.get(REQUESTED_BY_TAG), tags.get(CARD_DIGEST_TAG))
     if on_wait:
         on_wait(message)
     deadline = time.monotonic() + timeout_s
@@ -291,8 +298,22 @@ def check_approved(client, name: str, version: str | int,
     if digest != receipt.digest:
         raise ApprovalError(f"approval names digest {receipt.digest[:12]}…, the version is now "
                             f"{digest[:12]}…")
+    verify_card(client, name, version, receipt)
     verify_artifact(name, version, receipt.digest, settings)
     return receipt
+
+
+def verify_card(client, name: str, version: str, receipt: ApprovalReceipt) -> None:
+    """The model card the version shows (description and README) must be the one approved."""
+    approved = receipt.evidence.get(CARD_DIGEST_TAG)
+    if approved is None:  # approved without a card (a version registered outside the flow)
+        return
+    changed = [where for where, now in current_card_digests(client, name, version).items()
+               if now != approved]
+    if changed:
+        raise ApprovalError(f"the model card changed since the approval by {receipt.reviewer} "
+                            f"({' and '.join(changed)} no longer hash to the approved "
+                            f"{approved[:12]}…): the approval was of the card as it was")
 
 
 def approved_version(client, uri: str, settings: Settings) -> tuple[str, ApprovalReceipt]:

@@ -205,6 +205,10 @@ def print_train_summary(cfg, result) -> None:
     rows = [("final loss", f"{metrics.get('loss', float('nan')):.3f}"),
             ("validation loss", f"{metrics['val_loss']:.3f}" if "val_loss" in metrics
              else "none: the validation split has no rows for this stage"),
+            *([("held-out reward accuracy", f"{metrics['val_reward_accuracy']:.1%} of the "
+                "validation pairs prefer the chosen response"),
+               ("reward margin", f"{metrics['reward_margin']:.3f} (chosen over rejected, last "
+                "step)")] if "val_reward_accuracy" in metrics else []),
             ("tokens/s", f"{metrics.get('tokens_per_s', 0):,.0f}"),
             ("utilisation", f"{metrics.get('utilisation', 0):.1%} of the measured matmul peak"),
             ("checkpoint", str(result.checkpoint)),
@@ -426,8 +430,8 @@ app.command("run")(cli_pipeline.run)
 app.add_typer(cli_pipeline.flows_app, name="flows")
 app.command()(cli_pipeline.ui)
 app.command()(cli_pipeline.down)
-for command in (cli_review.status, cli_review.approve, cli_review.reject, cli_review.override,
-                cli_review.deploy, cli_review.rollback):
+for command in (cli_review.status, cli_review.card, cli_review.approve, cli_review.reject,
+                cli_review.override, cli_review.deploy, cli_review.rollback):
     app.command()(command)
 app.add_typer(cli_review.audit_app, name="audit")
 app.add_typer(cli_review.accounts_app, name="accounts")

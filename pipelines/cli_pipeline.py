@@ -184,6 +184,7 @@ def run(
     from pydantic import ValidationError
 
     from infra.settings import get_settings
+    from pipelines.model_card import load_template
     from pipelines.params import get_profile
 
     try:
@@ -203,10 +204,11 @@ def run(
             evals["safety_data"] = safety_data
         params = get_profile(profile, promote=promote, train=train, eval=evals,
                              deploy=deploy)
+        settings = get_settings()
+        load_template(settings.model_card_template)  # refused now, not after training
     except (ValueError, ValidationError) as e:
         refuse(e, 2)
     quiet_consoles()
-    settings = get_settings()
     api_url, mlflow_url = start_services(settings)
     console.print(f"Prefect {api_url.removesuffix('/api')}   MLflow {mlflow_url}   "
                   f"state under {settings.home.resolve()}", highlight=False)

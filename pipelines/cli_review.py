@@ -1,5 +1,6 @@
-"""The reviewer's and operator's commands: `status`, `approve`, `reject`, `deploy`, `rollback` and
-`audit verify`. Each is the same call the flows make, so the CLI and the flows share every rule."""
+"""The reviewer's and operator's commands: `status`, `card`, `approve`, `reject`, `deploy`,
+`rollback` and `audit verify`. Each is the same call the flows make, so the CLI and the flows
+share every rule."""
 
 from __future__ import annotations
 
@@ -44,14 +45,30 @@ def _me():
         refuse(e)
 
 
+def card(version: str = typer.Argument(..., help="NAME/VERSION, e.g. longmix/3")) -> None:
+    """Show a version's model card (what an approval approves) and its digest."""
+    from rich.markdown import Markdown
+
+    from pipelines.model_card import CARD_DIGEST_TAG
+
+    name, number = _version(version)
+    model_version = _client().get_model_version(name, number)
+    if CARD_DIGEST_TAG not in model_version.tags:
+        refuse(f"{name}/{number} has no model card ({CARD_DIGEST_TAG} tag): the pipeline writes "
+               "one after the gate")
+    console.print(Markdown(model_version.description or ""))
+    console.print(f"model card digest: {model_version.tags[CARD_DIGEST_TAG]}", highlight=False)
+
+
 def approve(
     version: str = typer.Argument(..., help="NAME/VERSION, e.g. longmix/3"),
     reason: str | None = typer.Option(None, help="why (recorded in the receipt)"),
     digest: str | None = typer.Option(None, help="the digest you reviewed (default: the version's "
                                       "longmix.digest as it is now)"),
 ) -> None:
-    """Approve a version that passed the gate, as your MLflow account (one in the reviewers
-    role, not the one that triggered the run): a waiting flow picks it up and deploys it."""
+    """Approve a version that passed the gate, and its model card as it is now (`longmix card`),
+    as your MLflow account (one in the reviewers role, not the one that triggered the run): a
+    waiting flow picks it up and deploys it."""
     _review(version, "approve", reason, digest)
 
 

@@ -2,8 +2,9 @@
 `demo` (the quickstart, `make run`), `capable` (the model trained to retrieve, under an hour)
 and `tiny` (the tests' end-to-end run).
 
-A profile trains its stages in order (pretrain → long_context → sft), each on its own dataset
-(`StageParams.data`; none: the profile's general `data`) and from the previous stage's weights."""
+A profile trains its stages in order (pretrain → long_context → sft [→ preference]), each on its
+own dataset (`StageParams.data`; none: the profile's general `data`) and from the previous
+stage's weights."""
 
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ class TrainParams(Params):
         if len(set(names)) < len(names):
             raise ValueError(f"each stage once: {' → '.join(names)} (the lineage and "
                              "eval.dataset_stage name stages)")
+        if "preference" in names and names[-2:] != ["sft", "preference"]:
+            raise ValueError(f"{' → '.join(names)}: preference tunes the instruction-tuned model; "
+                             "it comes last, right after sft")
         return stages
 
 
@@ -183,7 +187,7 @@ PROFILES: dict[str, PipelineParams] = {
             preset="compact"),
         eval=EvalParams(suite="capable"),
         promote=PromoteParams(policy="default")),
-    # the tests' whole pipeline, all three stages, each a few seconds of training on one worker
+    # the tests' whole pipeline, all four stages, each a few seconds of training on one worker
     # (a second costs each stage ~4 s of start-up; the trainer's own tests train on two)
     "tiny": PipelineParams(
         profile="tiny",
@@ -193,7 +197,9 @@ PROFILES: dict[str, PipelineParams] = {
             StageParams(stage="long_context", data=DataParams(spec="tiny-long"), steps=2,
                         batch_size=1, checkpoint_every=2, eval_every=2),
             StageParams(stage="sft", data=DataParams(spec="tiny-sft"), steps=2, batch_size=2,
-                        checkpoint_every=2, eval_every=2))),
+                        checkpoint_every=2, eval_every=2),
+            StageParams(stage="preference", data=DataParams(spec="tiny-preference"), steps=2,
+                        batch_size=2, checkpoint_every=2, eval_every=2))),
         eval=EvalParams(suite="tiny", evals=("perplexity", "niah_text", "toxicity", "pii")),
         promote=PromoteParams(policy="tiny", reviewer="demo-reviewer")),
 }

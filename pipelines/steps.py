@@ -18,7 +18,8 @@ from infra.settings import Settings
 from pipelines.approval import ApprovalReceipt
 from pipelines.deploy import DeploymentRecord, VersionRef
 from pipelines.lineage import Lineage, StageRecord, read_lineage, record_lineage
-from pipelines.model_card import StageSummary, attach_card, render_card, stage_summaries
+from pipelines.model_card import (StageSummary, attach_card, load_template, render_card,
+                                  stage_summaries)
 from pipelines.params import (DataParams, EvalParams, PromoteParams, StageParams, TrainParams,
                               dataset_out)
 from workers.data.spec import CorpusSpec, TokenizerSpec
@@ -328,7 +329,8 @@ def model_card_step(chain: TrainedChain, evaluation: EvalRef, settings: Settings
     figures = [f for e in report.evals.values() for f in e.figures]
     card = render_card(name, version, model.digest, lineage.digest(),
                        stage_summaries(client, lineage),
-                       [read_manifest(uri) for uri in manifests.values()], report, decision, figures)
+                       [read_manifest(uri) for uri in manifests.values()], report, decision, figures,
+                       load_template(settings.model_card_template))
     return attach_card(client, name, version, card, Path(evaluation.report).parent, figures)
 
 

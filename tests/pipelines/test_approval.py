@@ -28,6 +28,7 @@ from pipelines.approval import (
     wait_for_review,
 )
 from pipelines.audit import audit_log
+from pipelines.model_card import attach_card, card_digest
 
 NAME = "longmix-approval"
 GATE_PASSED = {"gate.status": "passed", "gate.decision_digest": "a" * 64,
@@ -83,7 +84,8 @@ def test_an_approval_by_another_reviewer_becomes_a_receipt(registry, settings, t
     assert (receipt.kind, receipt.model, receipt.version, receipt.digest) == (
         "longmix.approval_receipt", NAME, version, digest)
     assert (receipt.reviewer, receipt.triggered_by, receipt.expires_at) == ("bob", "alice", None)
-    assert receipt.evidence == {"gate.decision_digest": "a" * 64, "gate.report_digest": "b" * 64}
+    assert receipt.evidence == {"gate.decision_digest": "a" * 64, "gate.report_digest": "b" * 64,
+                                "model_card.digest": None}  # this version has no card
 
     tags = client.get_model_version(NAME, version).tags
     assert (tags["approval.status"], tags["approval.reviewer"]) == ("approved", "bob")
@@ -237,3 +239,28 @@ def test_a_checkpoint_changed_after_approval_voids_it(registry, settings):
     with pytest.raises(ApprovalError, match="the checkpoint's files no longer match the approved "
                                             "digest: .*model.safetensors"):
         check_approved(client, NAME, version, settings)
+
+
+def test_an_approval_approves_the_model_card_and_a_changed_card_voids_it(registry, settings,
+                                                                        tmp_path):
+    client = registry["client"]
+    version = new_version(registry)
+    card = f"# {NAME} version {version}\n\n## Intended use\n\nResearch.\n"
+    attach_card(client, NAME, version, card, tmp_path, [])
+    request_review(client, NAME, version, "alice", settings)
+    waiting = []
+    review(client, NAME, version, "approve", "bob")
+    receipt = wait_for_review(client, NAME, version, settings, timeout_s=5, on_wait=waiting.append)
+    assert f"read its model card (the version's description; artifact model_card/{NAME}-v" \
+           f"{version}/README.md, digest {card_digest(card)[:12]}" in waiting[0]
+    assert receipt.evidence["model_card.digest"] == card_digest(card)
+    assert audit_log(settings).verify()[0].details["model_card.digest"] == card_digest(card)
+    assert check_approved(client, NAME, version, settings) == receipt
+
+    # the card edited in the UI after the approval (its risks section dropped, say)
+    client.update_model_version(NAME, version, description=card.replace("Research.", "Any use."))
+    with pytest.raises(ApprovalError, match=r"the model card changed since the approval by bob "
+                                            r"\(description no longer hash"):
+        check_approved(client, NAME, version, settings)
+    client.update_model_version(NAME, version, description=card)  # as approved: holds again
+    assert check_approved(client, NAME, version, settings) == receipt

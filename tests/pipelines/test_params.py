@@ -14,10 +14,11 @@ def _refused(**overrides) -> str:
     return str(refused.value)
 
 
-def test_the_tiny_profile_trains_three_stages_on_their_own_corpora():
+def test_the_tiny_profile_trains_four_stages_on_their_own_corpora():
     stages = get_profile("tiny").train.stages
     assert [(s.stage, s.data and s.data.spec) for s in stages] == [
-        ("pretrain", None), ("long_context", "tiny-long"), ("sft", "tiny-sft")]
+        ("pretrain", None), ("long_context", "tiny-long"), ("sft", "tiny-sft"),
+        ("preference", "tiny-preference")]
 
 
 def test_stages_that_cannot_run_are_refused_naming_the_field():
@@ -33,6 +34,9 @@ def test_stages_that_cannot_run_are_refused_naming_the_field():
     twice = _refused(train={"stages": [PRETRAIN, {"stage": "sft", "steps": 1},
                                        {"stage": "sft", "steps": 1}]})
     assert "each stage once" in twice
+    early = _refused(train={"stages": [PRETRAIN, {"stage": "preference", "steps": 1,
+                                                  "data": {"spec": "tiny-preference"}}]})
+    assert "preference tunes the instruction-tuned model" in early
     no_stage = _refused(train={"stages": [PRETRAIN]}, eval={"suite": "tiny", "dataset_stage": "sft"})
     assert "eval.dataset_stage=sft" in no_stage
 

@@ -1,7 +1,7 @@
 """The whole pipeline through the `longmix` CLI on the tiny profile, each command a process of its
 own as a user runs it (its own Ray, the background Prefect server, MLflow UI and serving host):
-data → train (pretrain → long_context → sft, each on its own dataset) → eval → gate → approval →
-deploy → a completion from the endpoint, a run killed after training and resumed, the lineage
+data → train (pretrain → long_context → sft → preference, each on its own dataset) → eval → gate
+→ approval → deploy → a completion from the endpoint, a run killed after training and resumed, the lineage
 recorded on the version, and each refusal with its reason.
 
 The runs that set up state are module fixtures (version 1 deployed, version 2 awaiting a review,
@@ -108,14 +108,15 @@ def test_killed_run_resumes_then_deploys_and_serves(home, champion):
     second = champion
     assert second.returncode == 0, second.stdout + second.stderr
     assert len(_versions(home)) == 1, "a second version was registered"
-    for stage in ("pretrain", "long_context", "sft"):
+    for stage in ("pretrain", "long_context", "sft", "preference"):
         assert len(_stage_runs(home, stage)) == 1, f"{stage} trained again"
     assert "approved by demo-reviewer (the demo profiles' reviewer account)" in second.stdout
     assert "curl -s http://127.0.0.1" in second.stdout
 
     lineage = read_lineage(_client(home), "longmix", "1")  # its digest, chain and end checked
     assert [(s.stage, s.dataset, s.seq_len) for s in lineage.stages] == [
-        ("pretrain", "tiny", 512), ("long_context", "tiny-long", 1024), ("sft", "tiny-sft", 512)]
+        ("pretrain", "tiny", 512), ("long_context", "tiny-long", 1024), ("sft", "tiny-sft", 512),
+        ("preference", "tiny-preference", 512)]
     assert [s.init_digest for s in lineage.stages] == [
         None, *(s.checkpoint_digest for s in lineage.stages[:-1])]
     assert len({s.tokenizer_sha256 for s in lineage.stages}) == 1  # handed on, not retrained
@@ -181,9 +182,9 @@ def test_flows_serve_runs_a_deployment_triggered_through_prefect(home, champion)
 
 
 def _run_v2(home: Path, *args: str, **env) -> subprocess.CompletedProcess:
-    """A second version (its sft stage trained for other steps, on version 1's pretrain and
-    long_context checkpoints, which are cached), never deployed."""
-    return _longmix(home, "run", "--profile", "tiny", "--train-steps", "sft=3", "--no-deploy",
+    """A second version (its preference stage trained for other steps, on version 1's earlier
+    checkpoints, which are cached), never deployed."""
+    return _longmix(home, "run", "--profile", "tiny", "--train-steps", "preference=3", "--no-deploy",
                     *args, **env)
 
 

@@ -31,11 +31,12 @@ from model.tokenizer import Tokenizer
 from workers.data.manifest import (DOCUMENTS_NAME, MANIFEST_NAME, TOKENIZER_NAME, describe_split,
                                    sha256_bytes, write_manifest)
 from workers.data.readers import ReadContext, all_readers
-from workers.data.records import SPLITS, Document
+from workers.data.records import SPLITS, Document, Quarantined
 from workers.data.runners import RayRunner, StageRunner
 from workers.data.spec import CorpusSpec
 from workers.data.stages import (STAGING_SCHEMA, PackStage, ReadStage, check_fits_a_row,
-                                 pack_units, parquet_bytes, read_context, staged_file, staging_row)
+                                 document_from_staging, pack_units, parquet_bytes, read_context,
+                                 staged_file, staging_row)
 
 log = logging.getLogger("longmix.data")
 INDEX_COLUMNS = ("doc_key", "source", "uri", "modality", "split", "content_hash", "n_chars")
@@ -93,12 +94,14 @@ def plan_documents(light: "pa.Table", spec: CorpusSpec) -> Plan:
 
 
 def text_sample(staging: pads.Dataset, copies: dict[str, int], sample_bytes: int) -> list[str]:
-    """Training-split text, in corpus order, up to sample_bytes: for the tokenizer and haystacks."""
-    table = staging.to_table(columns=["doc_key", "texts", "split", "modality"],
+    """Training-split text, in corpus order, up to sample_bytes: for the tokenizer and haystacks
+    (preference pairs' prompts are neither)."""
+    table = staging.to_table(columns=["doc_key", "texts", "split", "modality", "meta"],
                              filter=(pads.field("kind") == "doc") & (pads.field("split") == "train"))
     texts, used = [], 0
     for row in sorted(table.to_pylist(), key=lambda r: r["doc_key"]):
-        if not copies.get(row["doc_key"]) or row["modality"] != "text":
+        if not copies.get(row["doc_key"]) or row["modality"] != "text" or \
+                json.loads(row["meta"] or "{}").get("task") == "preference":
             continue
         text = "".join(row["texts"])
         texts.append(text)
@@ -130,7 +133,7 @@ def synthetic_documents(spec: CorpusSpec, haystacks: list[str], tokenizer: Token
                         ctx: ReadContext) -> tuple[list[Document], list[dict]]:
     """Seeded synthetic tasks and canaries, and the canary list for evals; retrieval documents
     sized in the corpus's own tokens."""
-    from workers.data import copies, media_sources, retrieval, synth
+    from workers.data import copies, media_sources, preference, retrieval, synth
 
     syn, seed = spec.synthetic, spec.seed
     exclude = synth.eval_prompt_hashes([Path(p) for p in syn.exclude_prompts_from])
@@ -145,19 +148,54 @@ def synthetic_documents(spec: CorpusSpec, haystacks: list[str], tokenizer: Token
         docs += copies.copy_documents(syn.copies, haystacks, seed, stream=spec.name)
     if syn.chat:
         docs += synth.chat_examples(syn.chat, syn.refusal_fraction, seed, exclude_hashes=exclude)
+    if syn.preference:
+        docs += preference.preference_pairs(
+            syn.preference, seed, haystacks, syn.haystack_tokens, exclude_hashes=exclude,
+            stream=spec.name, count_tokens=lambda text: len(tokenizer.encode(text)) + 2)
     if syn.spoken_needles:
         docs += media_sources.spoken_needle_examples(syn.spoken_needles, haystacks, ctx, seed)
     if syn.frame_needles:
         docs += media_sources.frame_needle_examples(syn.frame_needles, ctx, seed)
     # no eval needle among the training facts: refused, not mixed in
-    retrieval.check_disjoint([d for d in docs if d.meta.get("task") in retrieval.FACT_TASKS])
+    retrieval.check_disjoint([d for d in docs if d.meta.get("task") in retrieval.FACT_TASKS
+                              or d.meta.get("pair_source") == "retrieval"])
     canaries = synth.canary_records(syn.canaries, seed) if syn.canaries else []
     docs += synth.canary_documents(canaries, syn.canary_repeats, seed) if canaries else []
     for d in docs:
-        # chat examples split by content hash like corpus documents, so that the sft stage has
-        # a validation loss; needles and canaries are training data only
-        d.source, d.split = "synthetic", None if d.meta.get("task") == "chat" else "train"
+        # chat examples and preference pairs split by content hash like corpus documents, so
+        # that sft and preference have a validation split; needles and canaries train only
+        d.source = "synthetic"
+        d.split = None if d.meta.get("task") in ("chat", preference.PAIR_TASK) else "train"
     return docs, synth.canary_manifest(canaries) if canaries else []
+
+
+def keep_fitting_pairs(staging_uri: str, plan: Plan, tokenizer: Tokenizer, seq_len: int) -> None:
+    """A preference dataset's rows are its pairs: a pair longer than a row is quarantined; the
+    text documents, read to lend haystacks to the retrieval pairs, are not packed."""
+    from workers.data.preference import PairError, is_pair, pair_row
+
+    fs, path = resolve(staging_uri)
+    staging = pads.dataset(path, filesystem=fs, format="parquet", schema=STAGING_SCHEMA)
+    table = staging.to_table(filter=pads.field("kind") == "doc")
+    dropped = set()
+    for row in table.to_pylist():
+        if not plan.copies.get(row["doc_key"]):
+            continue
+        doc = document_from_staging(row)
+        if not is_pair(doc):
+            dropped.add(row["doc_key"])
+            continue
+        try:
+            pair_row(doc, tokenizer, seq_len)
+        except PairError as e:
+            dropped.add(row["doc_key"])
+            plan.quarantined.append(Quarantined(doc.source, doc.uri, str(e), "validate",
+                                                len(doc.text.encode()), row["content_hash"])
+                                    .to_row())
+    plan.copies.update(dict.fromkeys(dropped, 0))
+    for entry in plan.index:
+        if entry["doc_key"] in dropped:
+            entry["copies"] = 0
 
 
 def timed_phases(callback: Callable[[str], None] | None):
@@ -232,10 +270,19 @@ def build_dataset(spec: CorpusSpec, out: str, cache_dir: str, *, overwrite: bool
         plan.index += [{k: r[k] for k in INDEX_COLUMNS} | {"copies": 1} for r in rows]
         plan.per_source["synthetic"] = dict(Counter(d.meta.get("task", "other") for d in synthetic))
 
+    if spec.kind == "preference":  # (part of the synthetic phase: the pairs are all there now)
+        keep_fitting_pairs(staging_uri, plan, tokenizer, spec.packing.seq_len)
+
+    if not any(plan.copies.values()):
+        reasons = Counter(q["reason"].split(":")[0] for q in plan.quarantined).most_common(3)
+        raise BuildError(f"nothing to pack: every input was quarantined ({len(plan.quarantined)}: "
+                         f"{', '.join(f'{r} x{n}' for r, n in reasons) or 'none'}), a duplicate "
+                         f"({plan.duplicates}) or weighted out")
+
     phase("tokenizing and packing every split")
     runner.map_items(PackStage, (tokenizer.to_str(), spec.preset, spec.packing.seq_len,
                                  spec.packing.open_rows, plan.copies,
-                                 out, spec.packing.rows_per_shard),
+                                 out, spec.packing.rows_per_shard, spec.kind),
                      pack_units(staging_uri, {d["doc_key"]: d["n_chars"] * d["copies"]
                                               for d in plan.index if d["copies"]},
                                 spec.packing.chars_per_task))

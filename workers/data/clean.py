@@ -18,6 +18,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from workers.data.preference import PAIR_FIELDS, PAIR_TASK
 from workers.data.records import Document, Quarantined
 from workers.data.spec import FilterSpec
 
@@ -128,13 +129,24 @@ def _length_problem(doc: Document, filters: FilterSpec) -> str | None:
 
 
 def _cleaned(doc: Document, filters: FilterSpec) -> Document:
+    """The texts, and a preference pair's responses (kept in meta), cleaned and scrubbed."""
     texts, meta = [clean_text(t) for t in doc.texts], dict(doc.meta)
+    responses = [k for k in PAIR_FIELDS if k in meta] if meta.get("task") == PAIR_TASK else []
+    for key in responses:
+        meta[key] = clean_text(meta[key])
     if filters.scrub_pii:
         for i, text in enumerate(texts):
             texts[i], counts = scrub_pii(text)
-            for kind, n in counts.items():
-                meta[f"pii_{kind}"] = str(int(meta.get(f"pii_{kind}", 0)) + n)
+            _count_pii(meta, counts)
+        for key in responses:
+            meta[key], counts = scrub_pii(meta[key])
+            _count_pii(meta, counts)
     return replace(doc, texts=texts, meta=meta)
+
+
+def _count_pii(meta: dict[str, str], counts: dict[str, int]) -> None:
+    for kind, n in counts.items():
+        meta[f"pii_{kind}"] = str(int(meta.get(f"pii_{kind}", 0)) + n)
 
 
 def _rejected(doc: Document, reason: str) -> Quarantined:

@@ -28,6 +28,7 @@ from PIL import Image, ImageSequence
 
 from infra.storage import StorageError, exists, is_s3, list_files, read_bytes, size_of
 from workers.data.media import audio_item, image_item, video_item
+from workers.data.preference import PairError, pair_document, parse_pair
 from workers.data.readers import ReadContext, Reader, ReadResult, register
 from workers.data.records import Document, MediaItem, Quarantined
 from workers.data.spec import SourceSpec
@@ -235,6 +236,11 @@ def _json_line(spec: SourceSpec, uri: str, line: bytes, ctx: ReadContext) -> Doc
         record = json.loads(_decode_utf8(line))
     except json.JSONDecodeError as e:
         raise Rejected(f"invalid JSON ({e.msg} at column {e.colno})", "decode") from None
+    if spec.reader == "preference-jsonl":
+        try:
+            return pair_document(parse_pair(record), spec.name, uri, spec.license)
+        except PairError as e:
+            raise Rejected(str(e)) from None
     if not isinstance(record, dict):
         raise Rejected(f"a JSON {type(record).__name__}, not an object")
     if spec.modality == "interleaved":
@@ -442,6 +448,11 @@ _register("jsonl", ("text", "interleaved"), (".jsonl",), _decode_jsonl,
           "One document per line; bad lines are quarantined alone as <uri>#L<n>. Modality "
           "text: option text_field (default 'text'). Modality interleaved: fields 'texts' "
           "(N+1 strings) and 'images' (N paths, relative to the file's folder)", sidecars=False)
+_register("preference-jsonl", ("text",), (".jsonl",), _decode_jsonl,
+          "One preference pair per line: prompt, chosen, rejected (strings), optional source, "
+          "system and format (chat: prompt is the user's message; text: the text to continue); "
+          "a bad line is quarantined alone as <uri>#L<n>. Only in a spec of kind preference",
+          sidecars=False)
 _register("image-files", ("image",), IMAGE_EXTENSIONS, _decode_image,
           f"Images decoded with PIL; caption {_SIDECAR}, else the file name", sidecars=True)
 _register("audio-files", ("audio",), AUDIO_EXTENSIONS, _decode_audio,

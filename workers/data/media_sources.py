@@ -439,7 +439,8 @@ def _max_docs(spec: SourceSpec, accepted: tuple[str, ...], default: int) -> int:
 def _register_builtin(name: str, modality: str, keys: Callable[[SourceSpec, int], list[str]],
                       make: Callable[[SourceSpec, str, str, ReadContext], Document], *,
                       default_max_docs: int, license: str, description: str,
-                      options: tuple[str, ...] = ("max_docs",)) -> None:
+                      options: tuple[str, ...] = ("max_docs",),
+                      packages: tuple[str, ...] = ()) -> None:
     """A reader of the documents that keys(spec, max_docs) names; a work item is a comma-joined
     run of keys, and make(spec, key, uri, ctx) builds one document."""
 
@@ -466,7 +467,7 @@ def _register_builtin(name: str, modality: str, keys: Callable[[SourceSpec, int]
             yield doc
 
     register(Reader(name=name, modalities=(modality,), builtin=True, list_items=list_items,
-                    read=read, license=license, description=description))
+                    read=read, license=license, description=description, packages=packages))
 
 
 def _numbered(total: int | None) -> Callable[[SourceSpec, int], list[str]]:
@@ -481,27 +482,28 @@ def _speech_keys(spec: SourceSpec, limit: int) -> list[str]:
 
 
 _DIGITS_COUNT = 1797
+PICTURE_PACKAGES = ("scikit-learn", "matplotlib", "scikit-image")  # where the photos ship
 
 _register_builtin(
     "sklearn-digits", "image", _numbered(_DIGITS_COUNT), _digit_document,
-    default_max_docs=_DIGITS_COUNT, license=DIGITS_LICENSE,
+    default_max_docs=_DIGITS_COUNT, license=DIGITS_LICENSE, packages=("scikit-learn",),
     description="scikit-learn's 1797 8x8 handwritten digits (UCI), captioned with the digit. "
                 "Options: max_docs (default all).")
 _register_builtin(
     "sample-images", "image", lambda spec, limit: [i.key for i in SAMPLE_IMAGES[:limit]],
     _sample_image_document, default_max_docs=len(SAMPLE_IMAGES),
-    license="per image: CC0-1.0, public domain or CC-BY-2.0",
+    license="per image: CC0-1.0, public domain or CC-BY-2.0", packages=PICTURE_PACKAGES,
     description="Photos bundled in scikit-learn, matplotlib and scikit-image, with hand-written "
                 "captions and per-image licenses. Options: max_docs (default all).")
 _register_builtin(
     "speech", "audio", _speech_keys, _speech_document, default_max_docs=64,
-    license=DOCS_LICENSE, options=("max_docs", "voices"),
+    license=DOCS_LICENSE, options=("max_docs", "voices"), packages=("espeakng-loader",),
     description="Sentences of the Python docs spoken by espeak-ng (espeakng-loader), with their "
                 "transcript. Options: max_docs (default 64), voices (espeak-ng voice names, "
                 f"default {list(DEFAULT_VOICES)}; document i uses voices[i % len(voices)]).")
 _register_builtin(
     "video-synth", "video", _numbered(None), _video_document, default_max_docs=48,
-    license="per video: its image's, BSD-3-Clause or PSF-2.0",
+    license="per video: its image's, BSD-3-Clause or PSF-2.0", packages=PICTURE_PACKAGES,
     description="Short videos from the bundled pictures: pans across photos, handwritten digits "
                 "moving, sentences shown a few words at a time; each described. Options: "
                 "max_docs (default 48).")

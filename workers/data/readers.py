@@ -46,6 +46,26 @@ class Reader:
     read: Callable[["SourceSpec", Item, ReadContext], ReadResult]
     license: str = ""  # builtin data's license, recorded in the manifest
     description: str = ""
+    packages: tuple[str, ...] = ()  # the installed distributions the builtin data ships in
+
+
+def package_licence(distribution: str) -> str:
+    """A distribution's licence as its installed metadata states it: the SPDX expression, else
+    its licence classifiers, else a one-line License field."""
+    from importlib import metadata
+
+    try:
+        meta = metadata.metadata(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+    if meta.get("License-Expression"):
+        return meta["License-Expression"]
+    classifiers = [c.rsplit(" :: ", 1)[-1] for c in meta.get_all("Classifier") or []
+                   if c.startswith("License ::")]
+    if classifiers:
+        return ", ".join(classifiers)
+    field = (meta.get("License") or "").strip()
+    return field if field and "\n" not in field and len(field) <= 80 else "not stated in its metadata"
 
 
 READERS: dict[str, Reader] = {}

@@ -372,13 +372,15 @@ def eval_template_hashes() -> set[str]:
 def check_disjoint(docs: list[Document]) -> None:
     """Refuse training retrieval text that contains the eval's needle wording, one of its keys
     (the cities) as a fact's key, or a value in its format (seven digits): the wording anywhere
-    in the document, keys and values in its facts, its questions and its answers."""
+    in the document, keys and values in its facts, its questions and its answers (a preference
+    pair's chosen and rejected ones too)."""
     if template_hashes() & eval_template_hashes():
         raise ValueError("a training retrieval template is the eval needle's template")
     cities = re.compile(r"\b(" + "|".join(NEEDLE_CITIES) + r")\b")
     for doc in docs:
-        facts = "\n".join([*json.loads(doc.meta.get("facts", "[]")), doc.meta.get("key", ""),
-                           doc.meta.get("value", ""), doc.meta.get("answer", ""),
+        facts = "\n".join([*json.loads(doc.meta.get("facts", "[]")),
+                           *(doc.meta.get(k, "") for k in ("key", "value", "answer", "chosen",
+                                                           "rejected")),
                            doc.text.rsplit("\n\n", 1)[-1]])
         for what, pattern, text in (("the eval needle's wording", EVAL_NEEDLE, doc.text),
                                     ("a seven-digit value", EVAL_VALUE, facts),

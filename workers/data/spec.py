@@ -110,6 +110,8 @@ class SyntheticSpec(_Strict):
     spoken_needles: int = Field(0, ge=0)
     frame_needles: int = Field(0, ge=0)
     chat: int = Field(0, ge=0)  # instruction examples, refusals of harmful requests among them
+    # preference pairs (kind: preference): refusal, lookalike and retrieval pairs in turn
+    preference: int = Field(0, ge=0)
     refusal_fraction: float = Field(0.3, ge=0, le=1)
     canaries: int = Field(0, ge=0)  # PII canary records planted for the leakage evaluation
     canary_repeats: int = Field(1, ge=1, le=100)
@@ -118,8 +120,14 @@ class SyntheticSpec(_Strict):
     exclude_prompts_from: list[str] = Field(default_factory=list)
 
 
+PREFERENCE_READERS = ("preference-jsonl",)
+
+
 class CorpusSpec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    # corpus: documents packed into rows (pretrain, long_context, sft); preference: one row per
+    # preference pair (the preference stage), the text sources only lending haystacks
+    kind: Literal["corpus", "preference"] = "corpus"
     preset: str = "small"  # the model preset the data is built for (vocabulary, patch, audio)
     seed: int = 0
     sources: list[SourceSpec] = Field(min_length=1)
@@ -160,10 +168,19 @@ class CorpusSpec(_Strict):
         if grid % model.video_pool:
             raise ValueError(f"media.image_size={self.media.image_size}: its {grid}x{grid} patch grid "
                              f"is not divisible by video_pool={model.video_pool}")
-        if self.synthetic.retrieval and self.synthetic.haystack_tokens > self.packing.seq_len:
+        pair_sources = [s.name for s in self.sources if s.reader in PREFERENCE_READERS]
+        if self.kind == "corpus" and (pair_sources or self.synthetic.preference):
+            raise ValueError("preference pairs (synthetic.preference, a preference-jsonl source) "
+                             "make a dataset of kind preference: set kind: preference")
+        if self.kind == "preference" and not (pair_sources or self.synthetic.preference):
+            raise ValueError("kind preference: give pairs (synthetic.preference, or a source "
+                             "read by preference-jsonl)")
+        haystacks = self.synthetic.retrieval or self.synthetic.preference
+        if haystacks and self.synthetic.haystack_tokens > self.packing.seq_len:
             raise ValueError(f"synthetic.haystack_tokens={self.synthetic.haystack_tokens} exceeds "
                              f"packing.seq_len={self.packing.seq_len}: a retrieval document longer "
-                             "than a row is split, its question cut from its facts")
+                             "than a row is split, its question cut from its facts (a retrieval "
+                             "pair would not fit its row)")
         return self
 
     @property

@@ -26,9 +26,11 @@ from model.config import get_preset
 from model.tokenizer import EOS_ID, MediaPart, Tokenizer
 from workers.data.media import placeholder_tokens
 from workers.data.pack import Packer, TokenizedDoc, loss_mask_for
+from workers.data.preference import is_pair, pair_row, pair_table
 from workers.data.readers import ReadContext, all_readers
 from workers.data.records import Document, Quarantined, split_of
 from workers.data.spec import CorpusSpec
+from workers.data.synth import eval_prompt_hashes
 
 STAGING_SCHEMA = pa.schema([
     ("doc_key", pa.string()), ("kind", pa.string()),  # "doc" | "quarantine"
@@ -105,6 +107,8 @@ class ReadStage:
         self.sources = {s.name: s for s in self.spec.sources}
         self.readers = all_readers()
         self.staging_uri = staging_uri
+        self.eval_prompts = eval_prompt_hashes(
+            [Path(p) for p in self.spec.synthetic.exclude_prompts_from])
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         tables = []
@@ -125,8 +129,20 @@ class ReadStage:
         cleaned = iter(self.clean_batch(docs, self.spec.filters))
         records = [next(cleaned) if isinstance(r, Document) else r for r in records]
         records = [(isinstance(r, Document) and check_fits_a_row(r, self.spec)) or r for r in records]
+        records = [self.eval_prompt(r) if isinstance(r, Document) and is_pair(r) else r
+                   for r in records]
         return [staging_row(f"{order:08d}.{i:06d}", r, self.spec, spec_source.split)
                 for i, r in enumerate(records)]
+
+
+    def eval_prompt(self, pair: Document) -> Document | Quarantined:
+        """A pair whose prompt is an evaluation prompt is quarantined: the evals would measure
+        what it taught, not what the model does."""
+        if pair.meta["prompt_hash"] not in self.eval_prompts:
+            return pair
+        return Quarantined(pair.source, pair.uri, "the prompt is one of the evaluation sets' "
+                           "prompts (synthetic.exclude_prompts_from)", "validate",
+                           len(pair.text.encode()), pair.content_hash())
 
 
 def document_from_staging(row: dict) -> Document:
@@ -178,7 +194,8 @@ class PackStage:
     A unit packs each split on its own: a row never mixes splits or units."""
 
     def __init__(self, tokenizer_json: str, preset: str, seq_len: int, open_rows: int,
-                 copies: dict[str, int], out: str, rows_per_shard: int):
+                 copies: dict[str, int], out: str, rows_per_shard: int, kind: str = "corpus"):
+        self.kind = kind  # preference: one row per pair (workers.data.preference), no packing
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
         self.model_cfg = get_preset(preset)
         self.seq_len, self.open_rows = seq_len, open_rows
@@ -187,22 +204,26 @@ class PackStage:
         self.rows_per_shard = rows_per_shard
 
     def __call__(self, unit: pa.Table) -> pa.Table:
-        packers: dict[str, tuple[str, Packer]] = {}  # split -> (first doc_key, packer)
+        packers: dict[str, tuple[str, Packer | list]] = {}  # split -> (first doc_key, rows)
         for uri in unit.column("files")[0].as_py():
             for row in pq.read_table(pa.BufferReader(read_bytes(uri))).to_pylist():
                 n = self.copies.get(row["doc_key"], 0)
                 if not n:  # quarantined, duplicate or weighted out
                     continue
-                _, packer = packers.setdefault(
-                    row["split"], (row["doc_key"], Packer(self.seq_len, self.open_rows)))
-                tokenized = tokenize_document(document_from_staging(row), self.tokenizer,
-                                              self.model_cfg)
+                _, packer = packers.setdefault(row["split"], (row["doc_key"], (
+                    [] if self.kind == "preference" else Packer(self.seq_len, self.open_rows))))
+                doc = document_from_staging(row)
+                if self.kind == "preference":
+                    packer += [pair_row(doc, self.tokenizer, self.seq_len)] * n
+                    continue
+                tokenized = tokenize_document(doc, self.tokenizer, self.model_cfg)
                 for _ in range(n):
                     packer.add(tokenized)
         written = []
         for split, (first_key, packer) in packers.items():
-            packer.flush()
-            table = packer.table()
+            if isinstance(packer, Packer):
+                packer.flush()
+            table = packer.table() if isinstance(packer, Packer) else pair_table(packer)
             for n, start in enumerate(range(0, table.num_rows, self.rows_per_shard)):
                 uri = join(self.out, split, f"{split}-{first_key}-{n:03d}.parquet")
                 shard = table.slice(start, self.rows_per_shard)

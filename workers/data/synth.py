@@ -82,6 +82,7 @@ class Instructions(_Strict):
     system_prompts: list[str] = Field(min_length=1)
     request_templates: list[str] = Field(min_length=1)
     refusal_categories: dict[str, RefusalCategory] = Field(min_length=1)
+    compliant_openings: list[str] = Field(min_length=1)  # over {task}: preference pairs' rejected
     lookalikes: list[Answered] = Field(min_length=1)  # safe prompts that sound unsafe
     python_qa: list[Answered] = Field(min_length=1)
     python_eval: PythonEval
@@ -148,7 +149,7 @@ def chat_examples(count: int, refusal_fraction: float, seed: int,
     rng.shuffle(kinds)
     docs = []
     for i, kind in enumerate(kinds):
-        category, prompt, answer = _draw_outside(kind, spec, rng, exclude_hashes or set())
+        category, prompt, answer = draw_outside(kind, spec, rng, exclude_hashes or set())
         system = ([("system", rng.choice(spec.system_prompts))]
                   if rng.random() < SYSTEM_PROMPT_RATE else [])
         text = chat_text([*system, ("user", prompt), ("assistant", answer)])
@@ -163,9 +164,12 @@ def chat_text(messages: list[tuple[str, str]]) -> str:
     return "".join(f"<|{role}|>{content}<|end|>" for role, content in messages)
 
 
-def _draw_outside(kind: str, spec: Instructions, rng: random.Random,
-                  exclude: set[str]) -> tuple[str, str, str]:
-    draw = _refusal if kind == "refusal" else _helpful
+def draw_outside(kind: str, spec: Instructions, rng: random.Random,
+                 exclude: set[str]) -> tuple[str, str, str]:
+    """(category, prompt, answer) of a `kind` example ("refusal", "helpful" or "lookalike")
+    whose prompt's hash is not in `exclude`."""
+    draw = {"refusal": _refusal, "helpful": _helpful,
+            "lookalike": lambda spec, rng: ("lookalike", *_answered(spec.lookalikes, rng))}[kind]
     for _ in range(MAX_DRAWS):
         category, prompt, answer = draw(spec, rng)
         if prompt_hash(prompt) not in exclude:

@@ -1,5 +1,6 @@
-"""Training configuration: one stage of the run (pretrain -> long_context -> sft), validated
-against the dataset manifest and the previous stage's checkpoint before any worker starts."""
+"""Training configuration: one stage of the run (pretrain -> long_context -> sft -> preference),
+validated against the dataset manifest and the previous stage's checkpoint before any worker
+starts."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from model.config import ConfigError, ModelConfig, get_preset
 
-Stage = Literal["pretrain", "long_context", "sft"]
+Stage = Literal["pretrain", "long_context", "sft", "preference"]
 
 
 class TrainConfigError(ValueError):
@@ -45,6 +46,9 @@ class StageOptions(BaseModel):
     eval_batches: int = Field(4, ge=1, description="validation batches per evaluation")
     checkpoint_every: int = Field(50, ge=1, description="a checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (the newest)")
+    beta: float = Field(0.1, gt=0, description="preference: DPO's beta, how far the policy may "
+                                               "move from the reference")
+    reference_free: bool = Field(False, description="preference: DPO without a reference model")
 
 
 class TrainConfig(StageOptions):
@@ -147,6 +151,12 @@ def plan_stage(cfg: TrainConfig) -> Plan:
             model = get_preset(cfg.preset or manifest["preset"])
         except ConfigError as e:
             raise TrainConfigError(f"preset: {e}") from e
+    pairs = manifest["spec"].get("kind") == "preference"
+    if pairs != (cfg.stage == "preference"):
+        raise TrainConfigError(
+            f"dataset: {manifest['name']} holds preference pairs, which only the preference stage "
+            "trains on" if pairs else f"dataset: the preference stage trains on preference pairs; "
+            f"{manifest['name']} is a corpus (build a spec of kind preference)")
     if cfg.stage == "long_context":
         # extend the context the model was trained at (its max_seq_len) with RoPE scaling
         if seq_len <= model.max_seq_len:

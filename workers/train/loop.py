@@ -4,16 +4,19 @@ at scale. Plain functions: optimizer and schedule, one optimisation step, valida
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from model.encoders import Media
-from model.transformer import next_token_loss
+from model.transformer import ModelOutput, next_token_loss
 
-IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
 from workers.data.pack import PackedSequences
 from workers.train.data import Batch
+
+IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
 
 
 @dataclass
@@ -67,7 +70,7 @@ def masked_targets(batch: PackedSequences) -> torch.Tensor:
 
 @dataclass
 class StepResult:
-    loss: float  # language-model cross-entropy, mean over micro-batches
+    loss: float  # the objective's loss (language-model cross-entropy), mean over micro-batches
     aux_loss: float
     z_loss: float
     grad_norm: float
@@ -75,11 +78,29 @@ class StepResult:
     tokens: int
     tokens_per_expert: torch.Tensor  # (n_moe_layers, E)
     router_entropy: torch.Tensor  # (n_moe_layers,)
+    stats: dict[str, float] = field(default_factory=dict)  # the objective's other figures, means
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list[Batch],
-               step: int, cfg: OptimConfig, autocast_dtype: torch.dtype | None = None) -> StepResult:
-    """One optimizer step over `micro_batches` (gradient accumulation), with document masking.
+# An objective: (model, batch, device) -> (loss to minimise, the model's output, figures to
+# report, tokens processed). Language modelling here; DPO in workers.train.preference.
+Objective = Callable[[torch.nn.Module, Any, torch.device],
+                     tuple[torch.Tensor, ModelOutput, dict[str, float], int]]
+
+
+def language_modeling(model: torch.nn.Module, batch: Batch, device: torch.device):
+    """Next-token cross-entropy over the loss mask, with document masking."""
+    rows = batch.rows
+    inputs = rows.tokens[:, :-1].to(device)
+    out = model(inputs, on_device(batch.media, device), doc_ids=rows.doc_ids[:, :-1].to(device))
+    lm = next_token_loss(out.logits, masked_targets(rows).to(device))
+    return lm, out, {"loss": lm.item()}, inputs.numel()
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list,
+               step: int, cfg: OptimConfig, autocast_dtype: torch.dtype | None = None,
+               objective: Objective = language_modeling) -> StepResult:
+    """One optimizer step over `micro_batches` (gradient accumulation) of `objective`, plus the
+    routers' load-balancing and z losses.
 
     `model` is a Transformer, or one wrapped by DDP / FSDP (its forward is the same).
     """
@@ -88,31 +109,26 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_b
     for group in optimizer.param_groups:
         group["lr"] = lr
     device = next(model.parameters()).device
-    totals = {"loss": 0.0, "aux": 0.0, "z": 0.0}
+    totals: dict[str, float] = {"aux": 0.0, "z": 0.0}
     counts, entropy, tokens = None, None, 0
     for batch in micro_batches:
-        rows = batch.rows
-        inputs = rows.tokens[:, :-1].to(device)
-        targets = masked_targets(rows).to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
-            out = model(inputs, on_device(batch.media, device), doc_ids=rows.doc_ids[:, :-1].to(device))
-            lm = next_token_loss(out.logits, targets)
-        loss = (lm + out.aux_loss + out.z_loss) / len(micro_batches)
+            objective_loss, out, stats, n = objective(model, batch, device)
+        loss = (objective_loss + out.aux_loss + out.z_loss) / len(micro_batches)
         loss.backward()
-        totals["loss"] += lm.item() / len(micro_batches)
-        totals["aux"] += out.aux_loss.item() / len(micro_batches)
-        totals["z"] += out.z_loss.item() / len(micro_batches)
+        for name, value in {**stats, "aux": out.aux_loss.item(), "z": out.z_loss.item()}.items():
+            totals[name] = totals.get(name, 0.0) + value / len(micro_batches)
         layer_counts = torch.stack([s.tokens_per_expert for s in out.routing]).cpu()
         layer_entropy = torch.stack([s.router_entropy for s in out.routing]).cpu() / len(micro_batches)
         counts = layer_counts if counts is None else counts + layer_counts
         entropy = layer_entropy if entropy is None else entropy + layer_entropy
-        tokens += inputs.numel()
+        tokens += n
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(totals["loss"], totals["aux"], totals["z"], float(grad_norm), lr, tokens,
-                      counts, entropy)
+    loss, aux, z = totals.pop("loss"), totals.pop("aux"), totals.pop("z")
+    return StepResult(loss, aux, z, float(grad_norm), lr, tokens, counts, entropy, totals)
 
 
 def on_device(media: Media, device: torch.device) -> Media:

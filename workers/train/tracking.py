@@ -174,7 +174,7 @@ def step_metrics(result, layer_names: Sequence[str] | None = None, *,
     left out when None rather than logged as a misleading 0.
     """
     metrics = {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
-               "aux_loss": result.aux_loss, "z_loss": result.z_loss}
+               "aux_loss": result.aux_loss, "z_loss": result.z_loss, **result.stats}
     if tokens_per_s is not None:
         metrics["tokens_per_s"] = tokens_per_s
     if utilisation is not None:

@@ -4,7 +4,9 @@ the last reported checkpoint: weights, optimizer, schedule position, data positi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +21,9 @@ from model.transformer import Transformer
 from workers.train.config import TrainConfig, warmup_steps
 from workers.train.data import collate
 from workers.train.flops import measure_matmul_peak, training_flops_per_token
-from workers.train.loop import OptimConfig, make_optimizer, train_step, validation_loss
+from workers.train.loop import (OptimConfig, language_modeling, make_optimizer, train_step,
+                                validation_loss)
+from workers.train.preference import collate_pairs, dpo_objective, preference_validation
 from workers.train.state import TrainingState, restore_training_state, training_state_files
 
 
@@ -40,21 +44,30 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def batches(shard, cfg: TrainConfig, epoch: int, skip: int, sft: bool):
+def collator(stage: str):
+    """Ray Data's numpy batches -> the stage's batches: packed rows, or preference pairs."""
+    if stage == "preference":
+        return collate_pairs
+    return functools.partial(collate, sft=stage == "sft")
+
+
+def batches(shard, cfg: TrainConfig, epoch: int, skip: int):
     """This worker's batches of one epoch, shuffled locally by a seed of the epoch; skips the
     first `skip` (already trained on before a restart)."""
     it = shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", drop_last=True,
                             local_shuffle_buffer_size=4 * cfg.batch_size,
                             local_shuffle_seed=cfg.seed * 1000 + epoch)
+    to_batch = collator(cfg.stage)
     for i, columns in enumerate(it):
         if i >= skip:
-            yield collate(columns, sft)
+            yield to_batch(columns)
 
 
-def save(model: Transformer, tokenizer: Tokenizer, optimizer, state: TrainingState) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="longmix-ckpt-")) / "checkpoint"
-    save_checkpoint(folder, model, tokenizer, extra_files=training_state_files(state, optimizer))
-    return folder
+def frozen_reference(previous: Transformer, device: torch.device) -> Transformer:
+    """DPO's reference: the policy's starting weights, never trained."""
+    reference = copy.deepcopy(previous).to(device).eval()
+    reference.requires_grad_(False)
+    return reference
 
 
 def train_worker(config: dict) -> None:
@@ -67,15 +80,18 @@ def train_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    sft = cfg.stage == "sft"
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
 
     model_cfg = ModelConfig.from_dict(config["model"])
     model = Transformer(model_cfg)
     tokenizer = Tokenizer.from_str(config["tokenizer"])
+    objective, reference = language_modeling, None
     if cfg.init_from:  # the previous stage's weights; RoPE scaling changes no tensor
         previous, _ = load_checkpoint(cfg.init_from)
         model.load_state_dict(previous.state_dict())
+        if cfg.stage == "preference":
+            reference = None if cfg.reference_free else frozen_reference(model, device)
+            objective = dpo_objective(reference, cfg.beta)
     model.to(device)
     optimizer = make_optimizer(model, optim_config(cfg))
     state = TrainingState(step=0, epoch=0, batches_done_in_epoch=0, tokens_seen=0, seed=cfg.seed,
@@ -100,7 +116,7 @@ def train_worker(config: dict) -> None:
     dtype, optim = autocast_dtype(cfg, device), optim_config(cfg)
 
     while state.step < cfg.steps:
-        stream = batches(train_shard, cfg, state.epoch, state.batches_done_in_epoch, sft)
+        stream = batches(train_shard, cfg, state.epoch, state.batches_done_in_epoch)
         exhausted, first_step = False, state.step
         while state.step < cfg.steps and not exhausted:
             micro = [b for _, b in zip(range(cfg.grad_accum), stream)]  # range first: zip
@@ -111,34 +127,37 @@ def train_worker(config: dict) -> None:
             if ready.item() < world:
                 break
             started = time.perf_counter()
-            result = train_step(ddp, optimizer, micro, state.step, optim, dtype)
+            result = train_step(ddp, optimizer, micro, state.step, optim, dtype, objective)
             seconds = time.perf_counter() - started
-            totals = all_reduce_sum(torch.tensor([result.loss, result.tokens], dtype=torch.float64))
+            totals = all_reduce_sum(torch.tensor([result.loss, result.tokens, *result.stats.values()],
+                                                 dtype=torch.float64))
             counts = all_reduce_sum(result.tokens_per_expert.to(torch.float64))
             expert_counts = counts if expert_counts.numel() == 0 else expert_counts + counts
             state.step += 1
             state.batches_done_in_epoch += cfg.grad_accum
             state.tokens_seen += int(totals[1])
             tokens_per_s = totals[1].item() / seconds
-            everyone = dataclasses.replace(result, loss=totals[0].item() / world,
-                                           tokens_per_expert=counts)  # all workers' view
+            everyone = dataclasses.replace(  # all workers' view
+                result, loss=totals[0].item() / world, tokens_per_expert=counts,
+                stats={k: v.item() / world for k, v in zip(result.stats, totals[2:])})
             metrics = step_metrics(everyone, moe_layer_names(model_cfg.n_layers, model_cfg.n_dense_layers),
                                    tokens_per_s=tokens_per_s,
                                    utilisation=tokens_per_s * flops_per_token / (peak * world))
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
-                val = validation(ddp, val_shard, cfg, sft)
-                if val is not None:
-                    metrics["val_loss"] = val
+                metrics.update(validation(ddp, reference, val_shard, cfg))
             if logger:
                 logger.log_step(state.step, metrics)
             if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
                 state.extra["expert_counts"] = expert_counts.tolist()
                 report = {"step": state.step, **{k: v for k, v in metrics.items() if "/" not in k}}
                 if rank == 0:
-                    folder = save(model, tokenizer, optimizer, state)
-                    if logger:
-                        logger.flush()
-                    ray.train.report(report, checkpoint=Checkpoint.from_directory(str(folder.parent)))
+                    # report copies the folder into the run's storage; the local copy then goes
+                    with tempfile.TemporaryDirectory(prefix="longmix-ckpt-") as folder:
+                        save_checkpoint(Path(folder) / "checkpoint", model, tokenizer,
+                                        extra_files=training_state_files(state, optimizer))
+                        if logger:
+                            logger.flush()
+                        ray.train.report(report, checkpoint=Checkpoint.from_directory(folder))
                 else:
                     ray.train.report(report)
         if state.step == first_step and state.batches_done_in_epoch == 0:
@@ -164,12 +183,20 @@ def system_metrics(config: dict, resumed: bool):
     return monitor
 
 
-def validation(model, shard, cfg: TrainConfig, sft: bool) -> float | None:
-    """Mean validation loss over eval_batches per worker, combined across workers; None when the
-    validation split has no token to predict (e.g. no chat rows for sft)."""
+def validation(model, reference, shard, cfg: TrainConfig) -> dict[str, float]:
+    """Validation figures over eval_batches per worker, combined across workers: the loss (none
+    when the split has nothing to predict, e.g. no chat rows for sft) and, for preference, the
+    share of held-out pairs whose implicit reward prefers the chosen response."""
     it = shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy")
-    picked = (collate(columns, sft) for _, columns in zip(range(cfg.eval_batches), it))
+    to_batch = collator(cfg.stage)
+    picked = (to_batch(columns) for _, columns in zip(range(cfg.eval_batches), it))
+    if cfg.stage == "preference":
+        sums = all_reduce_sum(torch.tensor(
+            preference_validation(model, reference, picked, cfg.beta), dtype=torch.float64))
+        model.train()
+        return {"val_loss": (sums[0] / sums[2]).item(),
+                "val_reward_accuracy": (sums[1] / sums[2]).item()} if sums[2] > 0 else {}
     total, count = validation_loss(model, picked)
     sums = all_reduce_sum(torch.tensor([total, count], dtype=torch.float64))
     model.train()
-    return (sums[0] / sums[1]).item() if sums[1] > 0 else None
+    return {"val_loss": (sums[0] / sums[1]).item()} if sums[1] > 0 else {}

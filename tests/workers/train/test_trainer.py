@@ -121,27 +121,63 @@ def test_training_reads_the_rows_in_one_seeded_permutation(dataset):
     assert chat and min(chat) < len(shuffled) - 3
 
 
-def test_a_killed_worker_resumes_exactly_from_its_last_checkpoint(dataset, settings, tmp_path):
-    common = {"workers": 1, "steps": 40, "checkpoint_every": 10, "eval_every": 100,
-              "registered_model": None, "max_failures": 2}
-    reference = train(_config(dataset, **common, run_name="uninterrupted"), settings)
+@pytest.fixture(scope="module")
+def pretrained(dataset, tmp_path_factory):
+    """A 2-step pretrain checkpoint at 128 tokens (registered as `chain`)."""
+    settings = Settings(home=tmp_path_factory.mktemp("pretrained"))
+    yield train(_config(dataset, steps=2, checkpoint_every=2, eval_every=2,
+                        registered_model="chain"), settings), settings
+    mlflow.set_tracking_uri(None)
+
+
+def test_a_killed_preference_stage_resumes_exactly_from_its_last_checkpoint(dataset, pretrained,
+                                                                           settings, tmp_path):
+    """The preference stage (DPO against its frozen reference) on pairs tokenized with the
+    checkpoint's tokenizer; a worker killed past step 10 resumes and reproduces, bit for bit,
+    the uninterrupted run: weights, optimizer, schedule, data position, random state, and the
+    reference rebuilt from the same checkpoint. (The resume path is the worker loop's, the same
+    for every stage.)"""
+    pre, _ = pretrained
+    lines = [json.dumps({"prompt": f"{a} plus {b} is", "chosen": f" {a + b}.",
+                         "rejected": f" {a + b + 1}.", "format": "text", "source": "sums"})
+             for a in range(8) for b in range(8)]  # short enough for rows of 128 bytes
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines))
+    pairs = tmp_path / "pairs"
+    build_dataset(parse_spec({
+        "name": "train-pairs", "kind": "preference", "preset": "tiny",
+        "sources": [{"name": "sums", "modality": "text", "reader": "preference-jsonl",
+                     "location": str(tmp_path / "pairs.jsonl")}],
+        "splits": {"validation_percent": 10, "test_percent": 0}, "packing": {"seq_len": 128},
+        "filters": {"min_chars": 8}, "tokenizer": {"path": str(pre.checkpoint / "tokenizer.json")}}),
+        str(pairs), str(tmp_path / "cache"))
+    common = {"stage": "preference", "init_from": str(pre.checkpoint), "workers": 1,
+              "steps": 30, "checkpoint_every": 10, "eval_every": 10, "max_failures": 2}
+    reference = train(_config(pairs, **common, run_name="uninterrupted",
+                              registered_model="pairs"), settings)
     killed = []
     watcher = _kill_a_worker_once_past(settings, 10, killed)
-    resumed = train(_config(dataset, **common, run_name="killed"), settings)
+    resumed = train(_config(pairs, **common, run_name="killed", registered_model=None), settings)
     watcher.join(timeout=1)
     assert killed, "no worker was killed: the run ended before the watcher saw step 10"
     assert not psutil.pid_exists(killed[0])
-    expected = _history(settings, reference.run_id, "loss")
-    got = _history(settings, resumed.run_id, "loss")
-    assert sorted(got) == list(range(1, 41))
-    # the restarted worker resumed from the last checkpoint and reproduced the uninterrupted run
-    # bit for bit: weights, optimizer, schedule, data position and random state all restored
-    assert got == expected
+    for key in ("loss", "reward_margin", "chosen_logp"):
+        expected = _history(settings, reference.run_id, key)
+        assert sorted(expected) == list(range(1, 31))
+        assert _history(settings, resumed.run_id, key) == expected
+    metrics = MlflowClient(settings.tracking_uri).get_run(reference.run_id).data.metrics
+    assert {"reward_accuracy", "rejected_logp", "val_loss", "val_reward_accuracy"} <= set(metrics)
+    version = MlflowClient(settings.tracking_uri).get_model_version(
+        "pairs", str(reference.model_version))
+    assert version.tags["longmix.stage"] == "preference"
+    # the stage and the data go together
+    with pytest.raises(TrainConfigError, match="only the preference stage trains on"):
+        plan_stage(_config(pairs, stage="sft", init_from=str(pre.checkpoint)))
+    with pytest.raises(TrainConfigError, match="trains on preference pairs"):
+        plan_stage(_config(dataset, stage="preference", init_from=str(pre.checkpoint)))
 
 
-def test_stages_chain_pretrain_long_context_then_sft_is_planned(dataset, settings, tmp_path):
-    pre = train(_config(dataset, steps=2, checkpoint_every=2, eval_every=2, registered_model="chain"),
-                settings)
+def test_stages_chain_pretrain_long_context_then_sft_is_planned(dataset, pretrained, tmp_path):
+    pre, settings = pretrained
     long_data = tmp_path / "long"
     build_dataset(_spec("train-long", 1024, synthetic={"retrieval": 6, "haystack_tokens": 600},
                         tokenizer={"path": str(pre.checkpoint / "tokenizer.json")}),
