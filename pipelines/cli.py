@@ -79,6 +79,11 @@ def print_dataset_summary(manifest: dict, uri: str, seconds: float) -> None:
         table.add_row(split, str(len(info["shards"])), f"{info['rows']:,}",
                       *(f"{t.get(m, 0):,}" for m in ("text", "image", "audio", "video")))
     console.print(table)
+    if manifest["spec"].get("kind") == "preference":
+        console.print(f"preference pairs, one a row: "
+                      f"{sum(i['rows'] for i in manifest['splits'].values()):,} "
+                      f"({manifest['synthetic'].get('preference', 0):,} of them built in); the "
+                      "tokens counted are the prompt's and the chosen response's")
     q = manifest["quarantine"]
     console.print(f"{sum(s.get('documents', 0) for s in manifest['sources']):,} documents from "
                   f"{len(manifest['sources'])} sources, {manifest['duplicates_removed']} duplicates "

@@ -12,8 +12,9 @@ The built-in pairs (`preference_pairs`), each kind aimed at one failure the eval
 - lookalike: a safe request that sounds unsafe; its answer chosen over a refusal (XSTest's
   over-refusal);
 - retrieval: facts in a training-split haystack and a question (the curriculum's templates, never
-  the eval's needle); the value chosen over the same value with its first character changed, the
-  near miss a model that has found the fact but not its start says (docs/training.md).
+  the eval's needle); the value chosen over another of its format that the text does not hold,
+  every character redrawn. (Not a near miss sharing the value's tail: the rejected side's copy of
+  that tail was pushed down with it, and the model learnt to stop copying: docs/training.md.)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from workers.data.synth import (INSTRUCTIONS, PROJECT_LICENSE, chat_text, draw_o
 PAIR_TASK = "preference"
 PAIR_KINDS = ("refusal", "lookalike", "retrieval")
 PAIR_FIELDS = ("chosen", "rejected")  # the responses a pair's meta holds
+DIGITS, LETTERS = "0123456789", "ABCDEFGHJKLMNPQRSTUVWXYZ"
 
 # One row per pair: the chosen sequence in the columns a packed row has (so that a shard is
 # described and read as any other), the rejected one beside it; both seq_len + 1 wide.
@@ -184,15 +186,22 @@ def _retrieval_pair(rng: np.random.Generator, haystacks: list[str], tokens: int,
         tokens, count_tokens, cpt)
     prompt = text.rsplit(" Answer: ", 1)[0] + " Answer:"
     value = meta["answer"]
-    return PreferencePair(prompt=prompt, chosen=f" {value}", rejected=f" {near_miss(value, rng)}",
+    return PreferencePair(prompt=prompt, chosen=f" {value}",
+                          rejected=f" {other_value(value, prompt, rng)}",
                           source="retrieval", format="text"), meta["facts"]
 
 
-def near_miss(value: str, rng: np.random.Generator) -> str:
-    """The value with its first character changed (a digit to another digit, a letter to another
-    letter): what a model says when it has found the fact but not where its value starts."""
-    alphabet = "0123456789" if value[0].isdigit() else "ABCDEFGHJKLMNPQRSTUVWXYZ"
-    # a leading zero would read as another number's format
-    others = [c for c in alphabet if c != value[0] and not (c == "0" and value[0].isdigit())]
-    return str(rng.choice(others)) + value[1:]
+def other_value(value: str, text: str, rng: np.random.Generator) -> str:
+    """A value of the same format (digits for digits, letters for letters, the rest kept),
+    every character redrawn and the first one different, that `text` does not hold."""
+    while True:
+        drawn = []
+        for i, c in enumerate(value):
+            alphabet = DIGITS if c.isdigit() else LETTERS if c.isalpha() else c
+            if i == 0 and c.isdigit():
+                alphabet = DIGITS[1:]  # a leading zero would read as another format
+            drawn.append(str(rng.choice([a for a in alphabet if i or a != c or len(alphabet) == 1])))
+        other = "".join(drawn)
+        if other not in text:
+            return other
 

@@ -74,6 +74,12 @@ class TrainConfig(StageOptions):
     registered_model: str | None = Field(
         "longmix", description="the MLflow registered model; none: do not register")
 
+    @field_validator("registered_model", mode="before")
+    @classmethod
+    def _none_registers_nothing(cls, name: str | None) -> str | None:
+        # the command line cannot spell None: `--registered-model none` (or "") says it
+        return None if isinstance(name, str) and name.strip().lower() in ("", "none") else name
+
     @field_validator("dataset", "init_from", "storage_path")
     @classmethod
     def _absolute(cls, uri: str | None) -> str | None:

@@ -11,7 +11,7 @@ import pytest
 from model.tokenizer import Tokenizer
 from workers.data.build import build_dataset
 from workers.data.manifest import verify_manifest
-from workers.data.preference import (PAIR_KINDS, PairError, near_miss, pair_document,
+from workers.data.preference import (PAIR_KINDS, PairError, other_value, pair_document,
                                      parse_pair, preference_pairs)
 from workers.data.retrieval import check_disjoint
 from workers.data.runners import InProcessRunner
@@ -105,19 +105,22 @@ def test_built_in_pairs_take_the_kinds_in_turn_and_never_the_evals_needle():
         if kind == "refusal":
             assert rejected.startswith(("Sure", "Of course", "Absolutely", "No problem", "Happy"))
         elif kind == "retrieval":
-            # the value, against the value with its first character changed
-            assert doc.text.endswith(" Answer:") and chosen[2:] == rejected[2:]
-            assert chosen[1] != rejected[1] and chosen.strip() in doc.text
+            # the value, against another of its format that the text does not hold
+            assert doc.text.endswith(" Answer:") and chosen.strip() in doc.text
+            assert rejected.strip() not in doc.text and chosen[1] != rejected[1]
+            assert [c.isdigit() for c in chosen] == [c.isdigit() for c in rejected]
             assert len(doc.text) // 3 <= 200
     check_disjoint([d for d in docs if d.meta["pair_source"] == "retrieval"])
 
 
-def test_a_near_miss_keeps_the_values_format():
+def test_a_rejected_value_keeps_the_format_and_is_not_in_the_text():
     rng = np.random.default_rng(0)
     for value in ("58213", "QX-4821", "900000"):
-        miss = near_miss(value, rng)
-        assert miss[1:] == value[1:] and miss[0] != value[0]
-        assert miss[0].isdigit() == value[0].isdigit() and miss[0] != "0"
+        for _ in range(50):
+            other = other_value(value, f"the code is {value}, or 12345", rng)
+            assert len(other) == len(value) and other[0] != value[0] and other[0] != "0"
+            assert [c.isdigit() for c in other] == [c.isdigit() for c in value]
+            assert other[2] == "-" if value == "QX-4821" else other not in ("12345",)
 
 
 def test_pairs_belong_in_a_spec_of_kind_preference(tmp_path):

@@ -151,7 +151,7 @@ def test_a_killed_preference_stage_resumes_exactly_from_its_last_checkpoint(data
         "filters": {"min_chars": 8}, "tokenizer": {"path": str(pre.checkpoint / "tokenizer.json")}}),
         str(pairs), str(tmp_path / "cache"))
     common = {"stage": "preference", "init_from": str(pre.checkpoint), "workers": 1,
-              "steps": 30, "checkpoint_every": 10, "eval_every": 10, "max_failures": 2}
+              "steps": 20, "checkpoint_every": 10, "eval_every": 10, "max_failures": 2}
     reference = train(_config(pairs, **common, run_name="uninterrupted",
                               registered_model="pairs"), settings)
     killed = []
@@ -162,7 +162,7 @@ def test_a_killed_preference_stage_resumes_exactly_from_its_last_checkpoint(data
     assert not psutil.pid_exists(killed[0])
     for key in ("loss", "reward_margin", "chosen_logp"):
         expected = _history(settings, reference.run_id, key)
-        assert sorted(expected) == list(range(1, 31))
+        assert sorted(expected) == list(range(1, 21))
         assert _history(settings, resumed.run_id, key) == expected
     metrics = MlflowClient(settings.tracking_uri).get_run(reference.run_id).data.metrics
     assert {"reward_accuracy", "rejected_logp", "val_loss", "val_reward_accuracy"} <= set(metrics)
