@@ -13,8 +13,8 @@ The built-in pairs (`preference_pairs`), each kind aimed at one failure the eval
   over-refusal);
 - retrieval: facts in a training-split haystack and a question (the curriculum's templates, never
   the eval's needle); the value chosen over another of its format that the text does not hold,
-  every character redrawn. (Not a near miss sharing the value's tail: the rejected side's copy of
-  that tail was pushed down with it, and the model learnt to stop copying: docs/training.md.)
+  every character redrawn. (Not a near miss sharing the value's tail: DPO would push that copy
+  down with the rejected side's wrong first character; docs/training.md.)
 """
 
 from __future__ import annotations
