@@ -81,13 +81,12 @@ def dpo_loss(chosen_logp: torch.Tensor, rejected_logp: torch.Tensor,
     return DpoTerms(loss, chosen_rewards.detach(), rejected_rewards.detach())
 
 
-def forward_pairs(model: torch.nn.Module, batch: PairBatch, device: torch.device):
-    """The model's output on chosen and rejected rows together, and the responses' summed
-    log-probabilities: (chosen (B,), rejected (B,)), output."""
-    rows = batch.both()
+def forward_pairs(model: torch.nn.Module, rows: PackedSequences, device: torch.device):
+    """The model's output on PairBatch.both()'s rows (chosen then rejected) and the responses'
+    summed log-probabilities: (chosen (B,), rejected (B,)), output."""
     out = model(rows.tokens[:, :-1].to(device), Media(), doc_ids=rows.doc_ids[:, :-1].to(device))
     logp = response_logprobs(out.logits, rows)
-    n = len(batch.chosen)
+    n = len(rows) // 2
     return logp[:n], logp[n:], out
 
 
@@ -95,15 +94,16 @@ def dpo_objective(reference: torch.nn.Module | None, beta: float):
     """The train_step objective (workers.train.loop.Objective) of DPO against `reference`
     (frozen, in eval mode; None: reference-free)."""
     def objective(model: torch.nn.Module, batch: PairBatch, device: torch.device):
-        chosen, rejected, out = forward_pairs(model, batch, device)
+        rows = batch.both()  # one concatenation for the policy's and the reference's forward
+        chosen, rejected, out = forward_pairs(model, rows, device)
         ref = (None, None)
         if reference is not None:
             with torch.no_grad():
-                ref_chosen, ref_rejected, _ = forward_pairs(reference, batch, device)
+                ref_chosen, ref_rejected, _ = forward_pairs(reference, rows, device)
             ref = (ref_chosen, ref_rejected)
         terms = dpo_loss(chosen, rejected, *ref, beta=beta)
         return terms.loss, out, terms.stats(chosen.detach(), rejected.detach()), \
-            batch.both().tokens[:, 1:].numel()
+            rows.tokens[:, 1:].numel()
     return objective
 
 
