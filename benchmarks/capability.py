@@ -1,7 +1,7 @@
 """What the pipeline's model can do: a profile trained through the flow (pretrain at L ->
-long_context at 4L with YaRN -> sft), the eval suite on the registered model, the same NIAH grid
-on the pretrain checkpoint run at 4L without the extension (its RoPE unscaled), and the default
-gate on both.
+long_context at 4L with YaRN -> sft [-> preference]), the eval suite on the registered model,
+the same NIAH grid on the pretrain checkpoint run at 4L without the extension (its RoPE
+unscaled), and the default gate on both.
 
     python benchmarks/capability.py [--quick] [--profile capable] [--safety-data DIR]
 

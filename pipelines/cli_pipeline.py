@@ -165,9 +165,22 @@ def stage_steps(text: str, stages: list[str]) -> dict[str, int]:
     return {stage: int(value) for stage, value in steps.items()}
 
 
+def kept_stages(text: str, stages: list[str]) -> list[str]:
+    """--stages: the profile's stages to run, "STAGE,..." in the profile's order; a stage the
+    profile does not have is refused here, by name (the order's rules: TrainParams)."""
+    kept = [stage.strip() for stage in text.split(",") if stage.strip()]
+    if not kept or not set(kept) <= set(stages):
+        raise ValueError(f"--stages {text!r}: give STAGE,...; this profile's stages: "
+                         f"{', '.join(stages)}")
+    return [stage for stage in stages if stage in kept]
+
+
 def run(
     profile: str = typer.Option("demo", help="demo (the quickstart), capable (the model trained to "
                                 "retrieve, about an hour) or tiny (seconds, for tests)"),
+    stages: str | None = typer.Option(None, help="run only these of the profile's stages "
+                                      "(STAGE,..., from pretrain, e.g. pretrain,long_context); "
+                                      "the last one is registered; default: all of them"),
     wait: bool = typer.Option(False, help="wait for a reviewer's account instead of the demo "
                               "profiles' demo reviewer"),
     deploy: bool = typer.Option(True, help="deploy the approved version"),
@@ -195,11 +208,16 @@ def run(
         if policy:
             promote["policy"] = policy
         train = base.train.model_dump()
+        evals = base.eval.model_dump()
+        if stages:
+            kept = kept_stages(stages, [stage["stage"] for stage in train["stages"]])
+            train["stages"] = [stage for stage in train["stages"] if stage["stage"] in kept]
+            if evals["dataset_stage"] not in kept:
+                evals["dataset_stage"] = None  # the longest kept stage's, as by default
         if train_steps:
             steps = stage_steps(train_steps, [stage["stage"] for stage in train["stages"]])
             train["stages"] = [{**stage, "steps": steps.get(stage["stage"], stage["steps"])}
                                for stage in train["stages"]]
-        evals = base.eval.model_dump()
         if safety_data:
             evals["safety_data"] = safety_data
         params = get_profile(profile, promote=promote, train=train, eval=evals,

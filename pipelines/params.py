@@ -170,7 +170,8 @@ PROFILES: dict[str, PipelineParams] = {
     # the second thing to try: the `compact` preset trained to retrieve, in under an hour on 2
     # CPUs (pretrain at L=256 on the retrieval curriculum and copy documents, 4,500 steps of 16
     # rows: the lookups form after 1,500 to 3,500; long_context at 4L=1024 with YaRN x4; sft on
-    # chat and refusals), judged by the default gate on the `capable` suite (to 4L). 5,000 steps
+    # chat and refusals; preference on refusal, lookalike and retrieval pairs), judged by the
+    # default gate on the `capable` suite (to 4L). 5,000 steps
     # and an sft of 400 steps with a replay of pretraining measured worse (docs/benchmarks.md)
     "capable": PipelineParams(
         profile="capable",
@@ -183,7 +184,13 @@ PROFILES: dict[str, PipelineParams] = {
             # at 5e-4 sft erased greedy retrieval (NIAH 0.0 at L, from 0.5 after long_context);
             # at 1e-4 it kept it (0.5) and raised held-out refusal (2026-12-07)
             StageParams(stage="sft", data=DataParams(spec="capable-sft"), steps=200, batch_size=4,
-                        lr=1e-4, checkpoint_every=100, eval_every=100)),
+                        lr=1e-4, checkpoint_every=100, eval_every=100),
+            # DPO with RPO's NLL term at weight 1 kept held-out refusal (0.825 -> 0.83) and
+            # lowered XSTest's over-refusal (0.90 -> 0.84); DPO alone at this rate traded one
+            # for the other (0.41 and 0.29) (docs/training.md, 2026-12-08)
+            StageParams(stage="preference", data=DataParams(spec="capable-preference"),
+                        steps=150, batch_size=4, lr=2e-5, beta=0.1, chosen_nll_weight=1.0,
+                        checkpoint_every=50, eval_every=50)),
             preset="compact"),
         eval=EvalParams(suite="capable"),
         promote=PromoteParams(policy="default")),

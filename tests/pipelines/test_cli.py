@@ -90,10 +90,23 @@ def test_run_train_steps_set_every_stage_or_the_stages_named():
         stage_steps("three", stages)
 
 
-def test_run_refuses_bad_train_steps_before_any_work(tmp_path, monkeypatch):
+def test_run_stages_keep_the_profiles_order():
+    from pipelines.cli_pipeline import kept_stages
+
+    stages = ["pretrain", "long_context", "sft", "preference"]
+    assert kept_stages("long_context, pretrain", stages) == ["pretrain", "long_context"]
+    with pytest.raises(ValueError, match="this profile's stages: pretrain, long_context"):
+        kept_stages("pretrain,dpo", stages)
+
+
+def test_run_refuses_bad_train_steps_and_stages_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setenv("LONGMIX_HOME", str(tmp_path))
     result = runner.invoke(app, ["run", "--profile", "tiny", "--train-steps", "dpo=3"])
     assert result.exit_code == 2 and "dpo=3" in result.output
     result = runner.invoke(app, ["run", "--profile", "tiny", "--train-steps", "sft=0"])
     assert result.exit_code == 2 and "greater than or equal to 1" in " ".join(result.output.split())
+    for stages, reason in (("sft", "the first stage must be pretrain"),
+                           ("pretrain,preference", "right after sft")):
+        result = runner.invoke(app, ["run", "--profile", "tiny", "--stages", stages])
+        assert result.exit_code == 2 and reason in " ".join(result.output.split()), stages
     assert not any(tmp_path.iterdir())  # no service started, nothing written

@@ -62,6 +62,11 @@ class Answered(_Strict):
     answer: str
 
 
+class SafeTask(_Strict):
+    task: str  # a safe verb phrase worded like a harmful task: "how to {task}"
+    answer: str
+
+
 class PythonEval(Answered):
     words: list[str] = Field(min_length=4)
 
@@ -84,6 +89,7 @@ class Instructions(_Strict):
     refusal_categories: dict[str, RefusalCategory] = Field(min_length=1)
     compliant_openings: list[str] = Field(min_length=1)  # over {task}: preference pairs' rejected
     lookalikes: list[Answered] = Field(min_length=1)  # safe prompts that sound unsafe
+    lookalike_tasks: list[SafeTask] = Field(min_length=1)  # asked through request_templates
     python_qa: list[Answered] = Field(min_length=1)
     python_eval: PythonEval
     arithmetic: dict[str, Answered] = Field(min_length=1)
@@ -169,7 +175,7 @@ def draw_outside(kind: str, spec: Instructions, rng: random.Random,
     """(category, prompt, answer) of a `kind` example ("refusal", "helpful" or "lookalike")
     whose prompt's hash is not in `exclude`."""
     draw = {"refusal": _refusal, "helpful": _helpful,
-            "lookalike": lambda spec, rng: ("lookalike", *_answered(spec.lookalikes, rng))}[kind]
+            "lookalike": lambda spec, rng: ("lookalike", *_lookalike(spec, rng))}[kind]
     for _ in range(MAX_DRAWS):
         category, prompt, answer = draw(spec, rng)
         if prompt_hash(prompt) not in exclude:
@@ -188,6 +194,25 @@ def refusal_prompts(spec: Instructions) -> list[str]:
     """Every harmful request the templates can produce (for disjointness checks)."""
     return [template.format(task=task) for harm in spec.refusal_categories.values()
             for task in harm.tasks for template in spec.request_templates]
+
+
+def lookalike_prompts(spec: Instructions) -> list[str]:
+    """Every lookalike prompt: the written ones and each safe task in each request template."""
+    return [*(p for item in spec.lookalikes for p in item.prompts),
+            *(template.format(task=item.task) for item in spec.lookalike_tasks
+              for template in spec.request_templates)]
+
+
+def _lookalike(spec: Instructions, rng: random.Random) -> tuple[str, str]:
+    """A written lookalike, or a safe task in a harmful request's template: the same wording
+    as the refusals' prompts, so that only the task tells a request to answer from one to
+    refuse."""
+    i = rng.randrange(len(spec.lookalikes) + len(spec.lookalike_tasks))
+    if i < len(spec.lookalikes):
+        written = spec.lookalikes[i]
+        return rng.choice(written.prompts), written.answer
+    item = spec.lookalike_tasks[i - len(spec.lookalikes)]
+    return rng.choice(spec.request_templates).format(task=item.task), item.answer
 
 
 def _helpful(spec: Instructions, rng: random.Random) -> tuple[str, str, str]:
@@ -244,7 +269,7 @@ def _summary(spec: Instructions, rng: random.Random) -> tuple[str, str]:
 HELPFUL: dict[str, Callable[[Instructions, random.Random], tuple[str, str]]] = {
     "arithmetic": _arithmetic, "python_eval": _python_eval, "definition": _definition,
     "summary": _summary, "python_qa": lambda spec, rng: _answered(spec.python_qa, rng),
-    "lookalike": lambda spec, rng: _answered(spec.lookalikes, rng),
+    "lookalike": _lookalike,
 }
 
 

@@ -49,6 +49,9 @@ class StageOptions(BaseModel):
     beta: float = Field(0.1, gt=0, description="preference: DPO's beta, how far the policy may "
                                                "move from the reference")
     reference_free: bool = Field(False, description="preference: DPO without a reference model")
+    chosen_nll_weight: float = Field(
+        0.0, ge=0, description="preference: weight of the chosen responses' per-token NLL added "
+                               "to DPO's loss (RPO); 0: DPO alone")
 
 
 class TrainConfig(StageOptions):

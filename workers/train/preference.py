@@ -9,6 +9,11 @@ from the sft checkpoint) and a frozen reference π_ref (the same checkpoint):
 β sets how far the policy may move from the reference. The implicit reward of a response is
 β (log π(y|x) - log π_ref(y|x)); reference-free, π_ref is taken as uniform and drops out
 (log-probabilities alone), which needs no second model but lets the policy drift further.
+
+DPO only widens a difference, so it can lower both responses' likelihood (answers end early, a
+refusal it was to keep becomes less likely). With a weight α > 0 the chosen responses' per-token
+negative log-likelihood is added, α · (-log π(y_w|x) / |y_w|), as RPO does (Pang et al. 2024,
+"Iterative Reasoning Preference Optimization"), which holds the chosen responses up.
 """
 
 from __future__ import annotations
@@ -70,14 +75,18 @@ class DpoTerms:
 
 def dpo_loss(chosen_logp: torch.Tensor, rejected_logp: torch.Tensor,
              ref_chosen_logp: torch.Tensor | None, ref_rejected_logp: torch.Tensor | None,
-             beta: float) -> DpoTerms:
+             beta: float, chosen_tokens: torch.Tensor | None = None,
+             chosen_nll_weight: float = 0.0) -> DpoTerms:
     """DPO's loss from the policy's and the reference's (None: reference-free) log-probabilities
-    of the chosen and rejected responses, each (B,)."""
+    of the chosen and rejected responses, each (B,); with `chosen_nll_weight` α > 0, plus α times
+    the chosen responses' mean per-token NLL (`chosen_tokens` (B,): their lengths)."""
     if ref_chosen_logp is None or ref_rejected_logp is None:
         ref_chosen_logp = ref_rejected_logp = torch.zeros_like(chosen_logp)
     chosen_rewards = beta * (chosen_logp - ref_chosen_logp)
     rejected_rewards = beta * (rejected_logp - ref_rejected_logp)
     loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    if chosen_nll_weight:
+        loss = loss - chosen_nll_weight * (chosen_logp / chosen_tokens).mean()
     return DpoTerms(loss, chosen_rewards.detach(), rejected_rewards.detach())
 
 
@@ -90,9 +99,9 @@ def forward_pairs(model: torch.nn.Module, rows: PackedSequences, device: torch.d
     return logp[:n], logp[n:], out
 
 
-def dpo_objective(reference: torch.nn.Module | None, beta: float):
+def dpo_objective(reference: torch.nn.Module | None, beta: float, chosen_nll_weight: float = 0.0):
     """The train_step objective (workers.train.loop.Objective) of DPO against `reference`
-    (frozen, in eval mode; None: reference-free)."""
+    (frozen, in eval mode; None: reference-free), with RPO's NLL term where the weight is > 0."""
     def objective(model: torch.nn.Module, batch: PairBatch, device: torch.device):
         rows = batch.both()  # one concatenation for the policy's and the reference's forward
         chosen, rejected, out = forward_pairs(model, rows, device)
@@ -101,7 +110,9 @@ def dpo_objective(reference: torch.nn.Module | None, beta: float):
             with torch.no_grad():
                 ref_chosen, ref_rejected, _ = forward_pairs(reference, rows, device)
             ref = (ref_chosen, ref_rejected)
-        terms = dpo_loss(chosen, rejected, *ref, beta=beta)
+        chosen_tokens = batch.chosen.loss_mask[:, 1:].sum(-1).clamp(min=1).to(device)  # (B,)
+        terms = dpo_loss(chosen, rejected, *ref, beta=beta, chosen_tokens=chosen_tokens,
+                         chosen_nll_weight=chosen_nll_weight)
         return terms.loss, out, terms.stats(chosen.detach(), rejected.detach()), \
             rows.tokens[:, 1:].numel()
     return objective

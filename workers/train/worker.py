@@ -91,7 +91,7 @@ def train_worker(config: dict) -> None:
         model.load_state_dict(previous.state_dict())
         if cfg.stage == "preference":
             reference = None if cfg.reference_free else frozen_reference(model, device)
-            objective = dpo_objective(reference, cfg.beta)
+            objective = dpo_objective(reference, cfg.beta, cfg.chosen_nll_weight)
     model.to(device)
     optimizer = make_optimizer(model, optim_config(cfg))
     state = TrainingState(step=0, epoch=0, batches_done_in_epoch=0, tokens_seen=0, seed=cfg.seed,

@@ -16,6 +16,7 @@ from workers.data.synth import (
     chat_examples,
     eval_prompt_hashes,
     load_instructions,
+    lookalike_prompts,
     prompt_hash,
     refusal_prompts,
 )
@@ -121,8 +122,8 @@ def test_eval_prompt_hashes_reject_a_csv_without_a_prompt_column(tmp_path):
 
 def test_no_training_prompt_is_an_evaluation_prompt(eval_hashes):
     spec = load_instructions()
-    fixed = [*refusal_prompts(spec),
-             *(p for item in [*spec.lookalikes, *spec.python_qa] for p in item.prompts),
+    fixed = [*refusal_prompts(spec), *lookalike_prompts(spec),
+             *(p for item in spec.python_qa for p in item.prompts),
              *(t.format(term=d.term) for t in spec.definition_prompts for d in spec.definitions)]
     assert not {prompt_hash(p) for p in fixed} & eval_hashes
     drawn = chat_examples(2000, 0.5, seed=0)
@@ -135,6 +136,7 @@ def test_an_evaluation_prompt_in_the_candidates_is_excluded(eval_hashes, tmp_pat
         xstest_prompt = next(csv.DictReader(f))["prompt"]
     data = yaml.safe_load(INSTRUCTIONS.read_text())
     data["lookalikes"] = [{"prompts": [xstest_prompt], "answer": "Call proc.terminate()."}]
+    data["lookalike_tasks"] = data["lookalike_tasks"][:1]
     injected = tmp_path / "instructions.yaml"
     injected.write_text(yaml.safe_dump(data))
 

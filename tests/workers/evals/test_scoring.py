@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from workers.data.synth import load_instructions, prompt_hash, refusal_prompts
+from workers.data.synth import (load_instructions, lookalike_prompts, prompt_hash,
+                                refusal_prompts)
 from workers.evals.config import get_suite
 from workers.evals.haystack import found, haystack, insert_at_depths, rank_of_first
 from workers.evals.perplexity import cumulative_nll, fit_power_law
@@ -123,7 +124,7 @@ def test_regressions_follow_each_metric_direction():
 def test_builtin_safety_prompts_are_disjoint_from_training_prompts():
     spec = builtin()
     training = {prompt_hash(p) for p in refusal_prompts(load_instructions())}
-    training |= {prompt_hash(p) for item in load_instructions().lookalikes for p in item.prompts}
+    training |= {prompt_hash(p) for p in lookalike_prompts(load_instructions())}
     for name in ("harmful", "lookalikes", "toxicity"):
         assert len(spec[name]) >= 10
         assert not {prompt_hash(p) for p in spec[name]} & training, name

@@ -33,6 +33,10 @@ def test_dpo_loss_is_its_closed_form():
     stats = terms.stats(chosen, rejected)
     assert stats["reward_accuracy"] == 0.5
     assert stats["reward_margin"] == pytest.approx((0.4 - 0.2) / 2)
+    # RPO: plus α times the chosen responses' mean per-token NLL
+    rpo = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta,
+                   chosen_tokens=torch.tensor([5.0, 2.0]), chosen_nll_weight=0.5)
+    assert rpo.loss.item() == pytest.approx(expected + 0.5 * (10 / 5 + 4 / 2) / 2, rel=1e-6)
     # reference-free: the reference's log-probabilities drop out
     free = dpo_loss(chosen, rejected, None, None, beta)
     assert free.loss.item() == pytest.approx(
