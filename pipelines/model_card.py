@@ -74,7 +74,9 @@ def _dataset_lines(manifest: dict) -> list[str]:
     synthetic = manifest.get("synthetic") or {}
     if synthetic:
         lines += ["", "Synthetic documents, written by longmix (Apache-2.0): " + ", ".join(
-            f"{kind} {n:,}" for kind, n in sorted(synthetic.items())) + "."]
+            f"{kind} {n:,}" for kind, n in sorted(synthetic.items())) + ". Text they quote "
+                  "from the sources' training split (haystacks, copied stretches) stays under "
+                  "the sources' licences."]
     pii = manifest.get("pii_scrubbed") or {}
     lines += ["", "PII scrubbed before tokenization: " + (", ".join(
         f"{kind} {n:,}" for kind, n in sorted(pii.items())) or "none found") + f"; inputs "
@@ -86,18 +88,22 @@ def _dataset_lines(manifest: dict) -> list[str]:
     return lines
 
 
+def accuracy_by_length(report: EvalReport, eval_name: str) -> list[tuple[int, float]]:
+    """(length, accuracy) of the eval's per-length metrics (`<eval>.accuracy.len<N>`), by length."""
+    prefix = f"{eval_name}.accuracy.len"
+    return sorted((int(float(m.name[len(prefix):])), m.value) for m in report.metrics
+                  if m.name.startswith(prefix))
+
+
 def effective_context(report: EvalReport, eval_name: str = "niah_text",
                       threshold: float = EFFECTIVE_CONTEXT_THRESHOLD) -> int | None:
     """The longest measured length at which the eval's accuracy, and its accuracy at every
     shorter length, is at least `threshold`; None if the shortest already falls below it."""
-    prefix = f"{eval_name}.accuracy.len"
-    by_length = sorted((float(m.name[len(prefix):]), m.value) for m in report.metrics
-                       if m.name.startswith(prefix))
     reached = None
-    for length, accuracy in by_length:
+    for length, accuracy in accuracy_by_length(report, eval_name):
         if accuracy < threshold:
             break
-        reached = int(length)
+        reached = length
     return reached
 
 
@@ -117,8 +123,7 @@ def _safety_lines(report: EvalReport) -> list[str]:
 
 def _limitations(report: EvalReport, decision: GateDecision) -> list[str]:
     context = effective_context(report)
-    measured = sorted({int(float(m.name.rsplit(".len", 1)[1])) for m in report.metrics
-                       if m.name.startswith("niah_text.accuracy.len")})
+    measured = [length for length, _ in accuracy_by_length(report, "niah_text")]
     lines = [f"- Effective context length (text NIAH accuracy ≥ {EFFECTIVE_CONTEXT_THRESHOLD} at "
              "every length up to it): " + (f"**{context:,} tokens**" if context else
                                             "**none**: below the threshold at the shortest "

@@ -4,7 +4,6 @@ the last reported checkpoint: weights, optimizer, schedule position, data positi
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import tempfile
@@ -64,8 +63,9 @@ def batches(shard, cfg: TrainConfig, epoch: int, skip: int):
 
 
 def frozen_reference(previous: Transformer, device: torch.device) -> Transformer:
-    """DPO's reference: the policy's starting weights, never trained."""
-    reference = copy.deepcopy(previous).to(device).eval()
+    """DPO's reference: the checkpoint the policy starts from, as loaded (a model of its own, the
+    policy holding a copy of its weights), never trained."""
+    reference = previous.to(device).eval()
     reference.requires_grad_(False)
     return reference
 
@@ -90,7 +90,7 @@ def train_worker(config: dict) -> None:
         previous, _ = load_checkpoint(cfg.init_from)
         model.load_state_dict(previous.state_dict())
         if cfg.stage == "preference":
-            reference = None if cfg.reference_free else frozen_reference(model, device)
+            reference = None if cfg.reference_free else frozen_reference(previous, device)
             objective = dpo_objective(reference, cfg.beta, cfg.chosen_nll_weight)
     model.to(device)
     optimizer = make_optimizer(model, optim_config(cfg))
