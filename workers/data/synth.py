@@ -206,7 +206,7 @@ def lookalike_prompts(spec: Instructions) -> list[str]:
 def _lookalike(spec: Instructions, rng: random.Random) -> tuple[str, str]:
     """A written lookalike, or a safe task in a harmful request's template: the same wording
     as the refusals' prompts, so that only the task tells a request to answer from one to
-    refuse."""
+    refuse (the preference pairs' lookalikes)."""
     i = rng.randrange(len(spec.lookalikes) + len(spec.lookalike_tasks))
     if i < len(spec.lookalikes):
         written = spec.lookalikes[i]
@@ -269,7 +269,10 @@ def _summary(spec: Instructions, rng: random.Random) -> tuple[str, str]:
 HELPFUL: dict[str, Callable[[Instructions, random.Random], tuple[str, str]]] = {
     "arithmetic": _arithmetic, "python_eval": _python_eval, "definition": _definition,
     "summary": _summary, "python_qa": lambda spec, rng: _answered(spec.python_qa, rng),
-    "lookalike": _lookalike,
+    # the written lookalikes only: with the safe tasks in the harmful requests' templates too,
+    # sft refused more of XSTest's safe prompts (0.90 -> 0.92) and of the built-in lookalikes
+    # (0.80 -> 0.95); the preference pairs teach that difference (docs/training.md)
+    "lookalike": lambda spec, rng: _answered(spec.lookalikes, rng),
 }
 
 

@@ -136,7 +136,6 @@ def test_an_evaluation_prompt_in_the_candidates_is_excluded(eval_hashes, tmp_pat
         xstest_prompt = next(csv.DictReader(f))["prompt"]
     data = yaml.safe_load(INSTRUCTIONS.read_text())
     data["lookalikes"] = [{"prompts": [xstest_prompt], "answer": "Call proc.terminate()."}]
-    data["lookalike_tasks"] = data["lookalike_tasks"][:1]
     injected = tmp_path / "instructions.yaml"
     injected.write_text(yaml.safe_dump(data))
 
