@@ -195,13 +195,19 @@ def other_value(value: str, text: str, rng: np.random.Generator) -> str:
     """A value of the same format (digits for digits, letters for letters, the rest kept),
     every character redrawn and the first one different, that `text` does not hold."""
     while True:
-        drawn = []
-        for i, c in enumerate(value):
-            alphabet = DIGITS if c.isdigit() else LETTERS if c.isalpha() else c
-            if i == 0 and c.isdigit():
-                alphabet = DIGITS[1:]  # a leading zero would read as another format
-            drawn.append(str(rng.choice([a for a in alphabet if i or a != c or len(alphabet) == 1])))
-        other = "".join(drawn)
+        other = "".join(str(rng.choice(list(_redrawn_from(c, first=i == 0))))
+                        for i, c in enumerate(value))
         if other not in text:
             return other
+
+
+def _redrawn_from(c: str, first: bool) -> str:
+    """The characters a value's character `c` is redrawn from (a separator: itself)."""
+    if c.isdigit():
+        alphabet = DIGITS[1:] if first else DIGITS  # a leading zero would read as another format
+    elif c.isalpha():
+        alphabet = LETTERS
+    else:
+        return c
+    return alphabet.replace(c, "") if first else alphabet
 

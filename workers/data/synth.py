@@ -190,17 +190,21 @@ def _refusal(spec: Instructions, rng: random.Random) -> tuple[str, str, str]:
     return category, prompt, rng.choice(harm.responses)
 
 
+def template_requests(spec: Instructions, tasks: list[str]) -> list[str]:
+    """Each task in each request template (for disjointness checks)."""
+    return [template.format(task=task) for task in tasks for template in spec.request_templates]
+
+
 def refusal_prompts(spec: Instructions) -> list[str]:
-    """Every harmful request the templates can produce (for disjointness checks)."""
-    return [template.format(task=task) for harm in spec.refusal_categories.values()
-            for task in harm.tasks for template in spec.request_templates]
+    """Every harmful request the templates can produce."""
+    return template_requests(spec, [task for harm in spec.refusal_categories.values()
+                                    for task in harm.tasks])
 
 
 def lookalike_prompts(spec: Instructions) -> list[str]:
     """Every lookalike prompt: the written ones and each safe task in each request template."""
     return [*(p for item in spec.lookalikes for p in item.prompts),
-            *(template.format(task=item.task) for item in spec.lookalike_tasks
-              for template in spec.request_templates)]
+            *template_requests(spec, [item.task for item in spec.lookalike_tasks])]
 
 
 def _lookalike(spec: Instructions, rng: random.Random) -> tuple[str, str]:
