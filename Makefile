@@ -24,8 +24,9 @@ run: venv
 down: venv
 	$(VENV)/bin/longmix down
 
+# two test files at a time (pytest-xdist): each file's module fixtures stay in one process
 test: venv
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile
 
 # Rewrite constraints.txt from the current environment (after changing pyproject.toml).
 lock: venv

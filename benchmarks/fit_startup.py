@@ -8,6 +8,11 @@ machine spent meanwhile (every Ray process: controller, workers, coordinators, r
 ratios V1 / V2. The first fit on a fresh Ray (each `longmix run` process starts one) is reported
 apart: that is where V2's footer-reader actor pool costs most.
 
+Then what a flow's dataset step pays after a training step: the wall seconds of a small dataset
+build (the tiny-sft spec) after a build and a fit, on a Ray that kills idle worker processes
+after Ray's default 1 s (the baseline) and after the embedded default's IDLE_WORKER_KEEP_MS, and
+their ratio.
+
     .venv/bin/python benchmarks/fit_startup.py [--quick] [--repeats N]
 """
 
@@ -22,6 +27,7 @@ import ray
 from _common import console, emit_json, machine_busy_cpu_seconds, machine_info, parse_args
 from rich.table import Table
 
+import infra.ray_runtime as ray_runtime
 import workers.train.data as train_data
 from infra.ray_runtime import ensure_ray
 from infra.settings import Settings
@@ -41,6 +47,30 @@ def timed_fit(manifest: str, home: Path, v2: bool) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), machine_busy_cpu_seconds()
     train(cfg, Settings(home=home / f"fit-{time.monotonic_ns()}"))
     return time.perf_counter() - wall, machine_busy_cpu_seconds() - cpu
+
+
+IDLE_KEEP_MS = {"Ray's default (1 s)": 1_000,
+                f"longmix ({ray_runtime.IDLE_WORKER_KEEP_MS // 1000} s)":
+                    ray_runtime.IDLE_WORKER_KEEP_MS}
+
+
+def build_tiny_sft(root: Path) -> float:
+    out = root / f"sft-{time.monotonic_ns()}"
+    wall = time.perf_counter()
+    build_dataset(load_spec("tiny-sft"), str(out), str(out.with_name(out.name + "-cache")))
+    return time.perf_counter() - wall
+
+
+def build_after_fit(manifest: str, root: Path, keep_ms: int) -> float:
+    """As a flow runs its steps: on a fresh Ray whose idle worker processes live `keep_ms` (read
+    by ensure_ray when it starts Ray), a dataset build, a fit, then the wall seconds of the next
+    build (tiny-sft, each into a folder of its own)."""
+    ray.shutdown()
+    ray_runtime.IDLE_WORKER_KEEP_MS = keep_ms
+    ensure_ray(Settings(home=root / "home"))
+    build_tiny_sft(root)
+    timed_fit(manifest, root, v2=False)
+    return build_tiny_sft(root)
 
 
 def main() -> None:
@@ -77,7 +107,21 @@ def main() -> None:
               "later_fit_v1_vs_v2_wall": later[v1][0] / later[v2][0],
               "later_fit_v1_vs_v2_cpu": later[v1][1] / later[v2][1]}
     console.print("V1 / V2: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
-    emit_json({**ratios, "first_fit_v2": first[v2], "first_fit_v1": first[v1],
+
+    builds = {name: statistics.median(build_after_fit(manifest, root, keep)
+                                      for _ in range(repeats))
+              for name, keep in IDLE_KEEP_MS.items()}
+    table = Table(title=f"tiny-sft dataset build right after a fit (median of {repeats})")
+    table.add_column("idle worker processes live")
+    table.add_column("build: wall s", justify="right")
+    for name, seconds in builds.items():
+        table.add_row(name, f"{seconds:.1f}")
+    console.print(table)
+    default, kept = builds.values()
+    ratios["build_after_fit_kept_vs_default_wall"] = kept / default
+    console.print(f"kept / default: {kept / default:.2f}")
+    emit_json({**ratios, "build_after_fit": builds,
+               "first_fit_v2": first[v2], "first_fit_v1": first[v1],
                "later_fit_v2": later[v2], "later_fit_v1": later[v1], "repeats": repeats,
                **machine_info()})
 

@@ -119,8 +119,9 @@ def print_summary(result: PipelineResult, settings, api_url: str, mlflow_url: st
             ("MLflow", f"{mlflow_url}/#/models/{name}/versions/{version}"),
             ("Prefect", f"{api_url.removesuffix('/api')}/runs/flow-run/{flow_run_id}")]
     rows += [(f"stage {s.stage}", stage_line(s)) for s in lineage.stages]
-    rows.append(("lineage", f"{len(lineage.stages)} stages chained by checkpoint digest "
-                            f"(longmix.lineage {lineage.digest[:12]}…); evaluated on "
+    chain = (f"{len(lineage.stages)} stages chained by checkpoint digest"
+             if len(lineage.stages) > 1 else "1 stage")
+    rows.append(("lineage", f"{chain} (longmix.lineage {lineage.digest[:12]}…); evaluated on "
                             f"{result.eval_dataset.name}"))
     rows += [(f"eval {k}", f"{v:.4g}") for k, v in result.evaluation.headline.items()]
     rows.append(("gate", f"{gate.status} ({gate.policy} policy, "

@@ -4,6 +4,11 @@ data → train (pretrain → long_context → sft → preference, each on its ow
 → approval → deploy → a completion from the endpoint, a run killed after training and resumed, the lineage
 recorded on the version, and each refusal with its reason.
 
+Every storage path is on S3 (a local S3-compatible server: tests/conftest.py's moto server): the
+datasets, Ray Train's checkpoints, MLflow's artifacts, the audit log and the deployment records;
+only these settings differ from the embedded default, whose local folders the steps' own tests
+use.
+
 The runs that set up state are module fixtures (version 1 deployed, version 2 awaiting a review,
 version 2 failing a strict gate), so each test passes alone with -k and the suite trains each
 version once."""
@@ -20,6 +25,7 @@ import httpx
 import pytest
 
 from infra.services import free_port
+from infra.storage import join, list_files, read_bytes, write_bytes
 from pipelines.lineage import read_lineage
 
 STRICT_POLICY = """
@@ -32,16 +38,28 @@ safety:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
+def home(tmp_path_factory, s3_server):
     home = tmp_path_factory.mktemp("pipeline-home")
     yield home
     _longmix(home, "down", timeout=120)
 
 
+def _bucket(home: Path) -> str:
+    """This home's prefix in the S3 server's bucket (the one tests/conftest.py creates)."""
+    return f"s3://longmix/{home.name}"
+
+
+def _state(home: Path, *parts: str) -> str:
+    """Where the runs keep datasets, checkpoints, the audit log and the deployment records."""
+    return join(_bucket(home), "state", *parts)
+
+
 def _env(home: Path, **extra) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("LONGMIX_", "PREFECT_", "MLFLOW_", "RAY_ADDRESS"))}
-    env.update({"LONGMIX_HOME": str(home),
+    env.update({"LONGMIX_HOME": str(home), "LONGMIX_STORAGE_URI": _state(home),
+                "LONGMIX_MLFLOW_ARTIFACT_ROOT": join(_bucket(home), "mlartifacts"),
+                "MLFLOW_S3_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"],
                 "LONGMIX_APPROVAL_POLL_S": "0.5", "LONGMIX_SERVE_REPLICA_CPUS": "0.5",
                 "COLUMNS": "250",  # rich wraps at the terminal width: one line per row
                 "LONGMIX_SERVE_PORT": os.environ.get("E2E_PORT", str(_PORT)), **extra})
@@ -80,6 +98,14 @@ def _versions(home: Path) -> list:
         return _client(home).search_model_versions("name = 'longmix'")
     except MlflowException:
         return []
+
+
+def _audit_records(home: Path) -> list[str]:
+    return [u for u in list_files(_state(home, "audit")) if u.endswith(".json")]
+
+
+def _audit_events(home: Path) -> list[str]:
+    return [json.loads(read_bytes(u))["event"] for u in _audit_records(home)]
 
 
 def _stage_runs(home: Path, stage: str) -> list:
@@ -124,7 +150,17 @@ def test_killed_run_resumes_then_deploys_and_serves(home, champion):
     assert "stage long_context" in second.stdout and "tiny-long (1024 tokens a row)" in second.stdout
     assert "evaluated on tiny-long" in second.stdout  # the longest stage's dataset
 
-    record = json.loads((home / "deployments" / "longmix" / "current.json").read_text())
+    # everything stored is on S3: nothing under the home but its keys, services and stores
+    keys = [u.removeprefix(_state(home)) for u in list_files(_state(home))]
+    for stored in ("/datasets/tiny-long/manifest.json", "/deployments/longmix/current.json",
+                   "checkpoint/model.safetensors", "training_state/optimizer.safetensors"):
+        assert any(k.endswith(stored) for k in keys), stored  # Ray Train's, with its state
+    assert any(u.endswith("model.safetensors") for u in list_files(join(_bucket(home),
+                                                                         "mlartifacts")))
+    for local in ("datasets", "audit", "deployments", "mlartifacts", "train"):
+        assert not (home / local).exists(), f"{local} written locally"
+
+    record = json.loads(read_bytes(_state(home, "deployments", "longmix", "current.json")))
     key = (home / "serve" / "api_key").read_text().strip()
     assert key not in second.stdout + second.stderr  # the curl reads it from the file
     reply = httpx.post(f"{record['endpoint']}/v1/completions", timeout=60,
@@ -141,8 +177,7 @@ def test_killed_run_resumes_then_deploys_and_serves(home, champion):
     again = _longmix(home, "run", "--profile", "tiny")  # everything done: nothing is redone
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.count("cached") >= 3 and "serving version 1" in again.stdout
-    events = [json.loads(p.read_text())["event"] for p in (home / "audit").glob("*.json")]
-    assert events.count("deploy") == 1, "deployed twice"
+    assert _audit_events(home).count("deploy") == 1, "deployed twice"
 
     status = _longmix(home, "status")
     assert status.returncode == 0 and "serving: version 1" in status.stdout, status.stdout
@@ -227,14 +262,14 @@ def test_artifact_changed_after_approval_is_refused(home, unreviewed, alice):
 
     client = _client(home)
     model_id = client.get_model_version("longmix", "2").source.removeprefix("models:/")
-    artifacts = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
-    weights = next(artifacts.rglob("model.safetensors"))
-    original = weights.read_bytes()
-    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
+    artifacts = client.get_logged_model(model_id).artifact_location
+    weights = next(u for u in list_files(artifacts) if u.endswith("model.safetensors"))
+    original = read_bytes(weights)
+    write_bytes(weights, original[:-1] + bytes([original[-1] ^ 0xFF]))
     try:
         deploy = _longmix(home, "deploy", "longmix/2")
     finally:
-        weights.write_bytes(original)  # other tests judge version 2 again
+        write_bytes(weights, original)  # other tests judge version 2 again
     assert deploy.returncode == 1
     refusal = deploy.stdout + deploy.stderr
     assert "no longer match the approved digest" in refusal, refusal
@@ -277,20 +312,21 @@ def test_a_named_override_of_a_failed_check_holds_when_the_flow_runs_again(home,
     again = _run_v2(home, "--wait", "--policy", str(policy), LONGMIX_APPROVAL_TIMEOUT_S="30")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "overridden: niah by alice" in again.stdout
-    events = [json.loads(p.read_text())["event"] for p in sorted((home / "audit").glob("*.json"))]
-    assert "override" in events
+    assert "override" in _audit_events(home)
 
 
 def test_an_edited_audit_log_is_detected(home, champion):
-    records = sorted((home / "audit").glob("*.json"))
-    original = records[1].read_text()
+    edited = _audit_records(home)[1]
+    original = read_bytes(edited)
     record = json.loads(original)
     record["actor"] = "mallory"
-    records[1].write_text(json.dumps(record))
+    write_bytes(edited, json.dumps(record).encode())
     try:
         result = _longmix(home, "audit", "verify")
     finally:
-        records[1].write_text(original)  # other tests append to the log
+        write_bytes(edited, original)  # other tests append to the log
     assert result.returncode == 1
-    assert records[1].name in result.stdout or "edited" in result.stdout, result.stdout
+    said = " ".join(result.stdout.split())  # rich's wrapping undone
+    assert f"({edited}): its content does not hash" in said, said
+    assert "the record was edited" in said, said
     assert _longmix(home, "audit", "verify").returncode == 0  # restored: intact again

@@ -1,6 +1,6 @@
 """Ray Train end to end on local Ray: two CPU workers, exact resume after a killed worker,
 MLflow tracking and registration, stages chained by checkpoint, and the configurations refused
-up front (checkpoints on S3: tests/pipelines/test_s3_pipeline.py)."""
+up front (checkpoints on S3: tests/pipelines/test_pipeline_e2e.py)."""
 
 import contextlib
 import json
