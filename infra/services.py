@@ -43,9 +43,17 @@ def _record(settings: Settings, name: str) -> Path:
     return settings.home.resolve() / "services" / f"{name}.json"
 
 
+# psutil's create time is the boot time plus the process's start in ticks since boot, and the
+# kernel derives the boot time from the wall clock: when the clock is adjusted, the create time
+# of the same process read later moves with it (whole seconds here, within hours), which made
+# live services look gone (started again beside the first; `longmix down` left them running).
+# A pid given to another process later differs by far more: the service's lifetime at least.
+CREATE_TIME_SLACK_S = 60.0
+
+
 def process_alive(pid: int, started: float) -> bool:
     """Whether the process runs and is the one that started at `started` (its psutil create
-    time), not another that was given the same pid later."""
+    time, give or take CREATE_TIME_SLACK_S), not another that was given the same pid later."""
     try:
         os.waitpid(pid, os.WNOHANG)  # reap it if it is this process's child that has ended
     except ChildProcessError:
@@ -53,7 +61,7 @@ def process_alive(pid: int, started: float) -> bool:
     try:
         process = psutil.Process(pid)
         return (process.status() != psutil.STATUS_ZOMBIE
-                and abs(process.create_time() - started) < 0.01)
+                and abs(process.create_time() - started) < CREATE_TIME_SLACK_S)
     except psutil.NoSuchProcess:
         return False
     except psutil.AccessDenied:

@@ -14,7 +14,7 @@ from infra.settings import Settings
 
 def write_record(settings: Settings, name: str, pid: int, started: float) -> None:
     path = settings.home / "services" / f"{name}.json"
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"name": name, "pid": pid, "url": "http://127.0.0.1:1",
                                 "started": started}))
 
@@ -23,15 +23,18 @@ def test_a_live_process_with_the_recorded_start_time_is_the_service(tmp_path):
     settings = Settings(home=tmp_path)
     write_record(settings, "mlflow", os.getpid(), psutil.Process().create_time())
     assert services.running(settings, "mlflow").pid == os.getpid()
+    # the create time read after a wall-clock adjustment: the boot time it adds has moved
+    write_record(settings, "mlflow", os.getpid(), psutil.Process().create_time() - 1.0)
+    assert services.running(settings, "mlflow").pid == os.getpid()
 
 
 def test_a_reused_pid_is_not_taken_for_the_service_and_is_not_killed(tmp_path):
     settings = Settings(home=tmp_path)
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
                                  start_new_session=True)
-    try:  # the record names the bystander's pid, but a process that started earlier
+    try:  # the record names the bystander's pid, but a process that started an hour earlier
         write_record(settings, "mlflow", bystander.pid,
-                     psutil.Process(bystander.pid).create_time() - 5.0)
+                     psutil.Process(bystander.pid).create_time() - 3600.0)
         assert services.running(settings, "mlflow") is None
         assert services.stop(settings, "mlflow") is False
         assert bystander.poll() is None  # still running
